@@ -1,0 +1,27 @@
+//! svcmeta's core: the data model, validation, bitmap indexes, queries, the registry and the
+//! query-result cache.
+//!
+//! This crate is pure: no I/O, no async, no clock, no logging. Time is passed in, and the only
+//! failures are bad input (`ValidationErrors`, `VersionCriterionError`, `CursorError`) and
+//! refused mutations (`MutationError`). Durability, locking and the network live in the other
+//! crates of the workspace.
+
+mod cache;
+mod index;
+mod model;
+mod query;
+mod registry;
+mod validate;
+mod version;
+
+pub use cache::{CachedPage, QueryCache};
+pub use model::{
+    format_duration_ms, parse_duration_ms, Health, Instance, InstanceDraft, InstanceFields,
+    Registration,
+};
+pub use query::{Cursor, CursorError, MetaCriterion, Page, PlanStep, Query, QueryAnswer};
+pub use registry::{
+    resolve, Change, IndexStats, Mutation, MutationError, Registry, ServiceSummary, ValueCount,
+};
+pub use validate::{validate, Limits, RequiredField, ValidationErrors, VersionFormat, Violation};
+pub use version::{parse as parse_version, VersionCriterion, VersionCriterionError};

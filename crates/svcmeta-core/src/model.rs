@@ -1,0 +1,243 @@
+//! The data model: what a client sends ([`InstanceDraft`]), what validation lets through
+//! ([`Registration`]), and what the registry holds ([`Instance`]).
+//!
+//! Plain data only. The rules live in `validate.rs`; revisions and timestamps are assigned by
+//! the registry when a registration is applied.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A registration as a client sends it, before any rule has been checked.
+///
+/// Every field is as loose as the wire allows so that validation, not deserialisation,
+/// reports what is wrong (a port of 70000 is a validation error naming the limit).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceDraft {
+    /// Unique instance id; required.
+    #[serde(default)]
+    pub id: String,
+    /// Service name; required.
+    #[serde(default)]
+    pub service: String,
+    /// Host name or IP; empty means "use the node's address".
+    #[serde(default)]
+    pub address: String,
+    /// Port; must fit in a u16.
+    #[serde(default)]
+    pub port: i64,
+    /// Tags in the order given; duplicates are removed by validation.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Version string, semver where it parses.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Environment slug.
+    #[serde(default)]
+    pub environment: Option<String>,
+    /// Region slug.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Free-form metadata.
+    #[serde(default)]
+    pub meta: BTreeMap<String, String>,
+    /// Lease duration, Go syntax (`30s`, `1m30s`).
+    #[serde(default)]
+    pub ttl: Option<String>,
+}
+
+/// Health of an instance, ordered from best to worst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// Healthy; also the state of an instance without a check.
+    Passing,
+    /// Degraded.
+    Warning,
+    /// Failing, for instance an expired TTL lease.
+    Critical,
+}
+
+impl Health {
+    /// Every health value, in index order.
+    pub const ALL: [Health; 3] = [Health::Passing, Health::Warning, Health::Critical];
+
+    /// The lower-case word used on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Passing => "passing",
+            Health::Warning => "warning",
+            Health::Critical => "critical",
+        }
+    }
+
+    /// Parses `passing`, `warning` or `critical`.
+    pub fn parse(text: &str) -> Option<Health> {
+        match text {
+            "passing" => Some(Health::Passing),
+            "warning" => Some(Health::Warning),
+            "critical" => Some(Health::Critical),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn slot(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A registration that passed every rule. Only `validate::validate` builds one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Registration {
+    pub(crate) fields: InstanceFields,
+}
+
+impl Registration {
+    /// The validated fields.
+    pub fn fields(&self) -> &InstanceFields {
+        &self.fields
+    }
+
+    /// The instance id.
+    pub fn id(&self) -> &str {
+        &self.fields.id
+    }
+}
+
+/// The client-owned fields of an instance, after validation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceFields {
+    /// Unique id, `[A-Za-z0-9._:-]{1,128}`.
+    pub id: String,
+    /// Service name, `[A-Za-z0-9._-]{1,128}`; compared case-insensitively.
+    pub service: String,
+    /// Host name or IP, possibly empty.
+    pub address: String,
+    /// Port, 0 when unknown.
+    pub port: u16,
+    /// Tags, de-duplicated, in the order first given.
+    pub tags: Vec<String>,
+    /// Version, as given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Environment slug.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
+    /// Region slug.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Metadata; keys are unique by construction.
+    pub meta: BTreeMap<String, String>,
+    /// Lease length in milliseconds, when the instance must be renewed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
+}
+
+/// An instance as the registry holds it: validated fields plus what the registry tracks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    /// The validated, client-owned fields.
+    #[serde(flatten)]
+    pub fields: InstanceFields,
+    /// Current health.
+    pub health: Health,
+    /// Revision of the write that first registered this id (kept across replacements).
+    pub create_revision: u64,
+    /// Revision of the latest write to this instance.
+    pub modify_revision: u64,
+    /// Unix milliseconds of the first registration.
+    pub registered_at: u64,
+    /// Unix milliseconds of the latest write.
+    pub updated_at: u64,
+}
+
+impl Instance {
+    /// The instance id.
+    pub fn id(&self) -> &str {
+        &self.fields.id
+    }
+
+    /// The service name as registered.
+    pub fn service(&self) -> &str {
+        &self.fields.service
+    }
+}
+
+/// Formats milliseconds as a Go-style duration (`1m30s`, `250ms`).
+pub fn format_duration_ms(ms: u64) -> String {
+    if ms == 0 {
+        return "0s".to_string();
+    }
+    if ms % 1000 != 0 {
+        return format!("{ms}ms");
+    }
+    let mut secs = ms / 1000;
+    let mut out = String::new();
+    let hours = secs / 3600;
+    if hours > 0 {
+        out.push_str(&format!("{hours}h"));
+        secs %= 3600;
+    }
+    let minutes = secs / 60;
+    if minutes > 0 {
+        out.push_str(&format!("{minutes}m"));
+        secs %= 60;
+    }
+    if secs > 0 {
+        out.push_str(&format!("{secs}s"));
+    }
+    out
+}
+
+/// Parses a Go-style duration (`30s`, `1m30s`, `1500ms`, `1.5s`, `2h`) into milliseconds.
+///
+/// A bare number without a unit is rejected, as Go does.
+pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("empty duration".to_string());
+    }
+    if text == "0" {
+        return Ok(0);
+    }
+    let mut total: f64 = 0.0;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| format!("missing unit in duration {text:?}"))?;
+        if number_len == 0 {
+            return Err(format!("invalid duration {text:?}"));
+        }
+        let number: f64 = rest[..number_len]
+            .parse()
+            .map_err(|_| format!("invalid duration {text:?}"))?;
+        rest = &rest[number_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1e-6,
+            "us" | "µs" => 1e-3,
+            "ms" => 1.0,
+            "s" => 1000.0,
+            "m" => 60_000.0,
+            "h" => 3_600_000.0,
+            unit => return Err(format!("unknown unit {unit:?} in duration {text:?}")),
+        };
+        total += number * scale;
+        rest = &rest[unit_len..];
+    }
+    if !total.is_finite() || total > u64::MAX as f64 / 2.0 {
+        return Err(format!("duration {text:?} is too long"));
+    }
+    Ok(total.round() as u64)
+}

@@ -1,0 +1,802 @@
+//! The registry: live instances, their indexes, and the revision they are at.
+//!
+//! Writes arrive as [`Change`]s that already carry their revision (the caller sequences and
+//! persists them; see `resolve`, which turns a client [`Mutation`] into a `Change`). Reads are
+//! answered from the bitmap indexes: the planner intersects the posting lists of a query's
+//! criteria smallest first, narrows with unions (any-of tags, version ranges) and subtracts
+//! negations, then pages the matches in (service, id) order.
+//! No I/O, no clock, no locking: callers wrap the registry in whatever lock they need.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use roaring::RoaringBitmap;
+use serde::Serialize;
+
+use crate::index::{service_key, Index};
+use crate::model::{Health, Instance, Registration};
+use crate::query::{Cursor, MetaCriterion, Page, PlanStep, Query, QueryAnswer};
+use crate::validate::Limits;
+use crate::version::VersionCriterion;
+
+/// A write a client asks for, before it is sequenced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mutation {
+    /// Register or replace an instance.
+    Register(Registration),
+    /// Remove an instance.
+    Deregister(String),
+    /// Set an instance's health.
+    SetHealth {
+        /// The instance id.
+        id: String,
+        /// The new health.
+        health: Health,
+    },
+}
+
+impl Mutation {
+    /// The id of the instance the mutation is about.
+    pub fn id(&self) -> &str {
+        match self {
+            Mutation::Register(registration) => registration.id(),
+            Mutation::Deregister(id) | Mutation::SetHealth { id, .. } => id,
+        }
+    }
+}
+
+/// A sequenced write: the new state of one instance, with its revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// The instance now has this state (its `modify_revision` is the change's revision).
+    Put(Arc<Instance>),
+    /// The instance is gone.
+    Remove {
+        /// The removed instance's id.
+        id: String,
+        /// The removal's revision.
+        revision: u64,
+        /// The service it belonged to.
+        service: String,
+    },
+}
+
+impl Change {
+    /// The change's revision.
+    pub fn revision(&self) -> u64 {
+        match self {
+            Change::Put(instance) => instance.modify_revision,
+            Change::Remove { revision, .. } => *revision,
+        }
+    }
+
+    /// The instance id the change is about.
+    pub fn id(&self) -> &str {
+        match self {
+            Change::Put(instance) => instance.id(),
+            Change::Remove { id, .. } => id,
+        }
+    }
+}
+
+/// Why a mutation cannot be applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MutationError {
+    /// The instance does not exist.
+    #[error("instance {0:?} not found")]
+    NotFound(String),
+    /// The registry is full.
+    #[error("registry holds {limit} instances, the max_instances limit")]
+    Full {
+        /// The configured limit.
+        limit: u64,
+    },
+}
+
+/// Decides what a mutation does to the current state of its instance.
+///
+/// Returns `Ok(None)` when the mutation changes nothing (re-registering identical fields,
+/// setting the health it already has), so no revision is spent on it.
+pub fn resolve(
+    current: Option<&Arc<Instance>>,
+    mutation: &Mutation,
+    revision: u64,
+    now_ms: u64,
+) -> Result<Option<Change>, MutationError> {
+    match mutation {
+        Mutation::Register(registration) => {
+            let fields = registration.fields().clone();
+            match current {
+                Some(old) if old.fields == fields && old.health == Health::Passing => Ok(None),
+                Some(old) => Ok(Some(Change::Put(Arc::new(Instance {
+                    fields,
+                    health: Health::Passing,
+                    create_revision: old.create_revision,
+                    modify_revision: revision,
+                    registered_at: old.registered_at,
+                    updated_at: now_ms,
+                })))),
+                None => Ok(Some(Change::Put(Arc::new(Instance {
+                    fields,
+                    health: Health::Passing,
+                    create_revision: revision,
+                    modify_revision: revision,
+                    registered_at: now_ms,
+                    updated_at: now_ms,
+                })))),
+            }
+        }
+        Mutation::Deregister(id) => match current {
+            Some(old) => Ok(Some(Change::Remove {
+                id: id.clone(),
+                revision,
+                service: old.fields.service.clone(),
+            })),
+            None => Err(MutationError::NotFound(id.clone())),
+        },
+        Mutation::SetHealth { id, health } => match current {
+            Some(old) if old.health == *health => Ok(None),
+            Some(old) => {
+                let mut instance = Instance::clone(old);
+                instance.health = *health;
+                instance.modify_revision = revision;
+                instance.updated_at = now_ms;
+                Ok(Some(Change::Put(Arc::new(instance))))
+            }
+            None => Err(MutationError::NotFound(id.clone())),
+        },
+    }
+}
+
+/// Summary of one service for listings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServiceSummary {
+    /// The name as spelled by the service's oldest live instance.
+    pub name: String,
+    /// Number of live instances.
+    pub instances: u64,
+    /// Instances per health.
+    pub passing: u64,
+    /// Instances with warning health.
+    pub warning: u64,
+    /// Instances with critical health.
+    pub critical: u64,
+    /// Distinct tags, sorted.
+    pub tags: Vec<String>,
+    /// Distinct versions, sorted.
+    pub versions: Vec<String>,
+    /// Distinct environments, sorted.
+    pub environments: Vec<String>,
+    /// Distinct regions, sorted.
+    pub regions: Vec<String>,
+}
+
+/// A value and how many instances have it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ValueCount {
+    /// The value.
+    pub value: String,
+    /// Number of instances.
+    pub count: u64,
+}
+
+/// Index statistics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IndexStats {
+    /// The registry revision.
+    pub revision: u64,
+    /// Live instances.
+    pub instances: u64,
+    /// Distinct services.
+    pub services: u64,
+    /// Instances per health word.
+    pub health: BTreeMap<String, u64>,
+    /// Most common environments.
+    pub environments: Vec<ValueCount>,
+    /// Most common regions.
+    pub regions: Vec<ValueCount>,
+    /// Most common versions.
+    pub versions: Vec<ValueCount>,
+    /// Most common tags.
+    pub tags: Vec<ValueCount>,
+    /// Distinct tags.
+    pub distinct_tags: u64,
+    /// Distinct meta keys.
+    pub distinct_meta_keys: u64,
+    /// Number of posting lists.
+    pub posting_lists: u64,
+    /// Estimated bytes held by the indexes (not the records).
+    pub index_memory_bytes: u64,
+    /// Instances stored under earlier, looser limits that the current limits would reject.
+    pub instances_over_limits: u64,
+}
+
+/// Live instances, their indexes and the revision they are at.
+#[derive(Debug, Default)]
+pub struct Registry {
+    /// Slot → instance; `None` for a free slot.
+    slots: Vec<Option<Arc<Instance>>>,
+    /// Free slots, reused before the slot vector grows.
+    free: Vec<u32>,
+    /// Instance id → slot.
+    by_id: HashMap<Box<str>, u32>,
+    index: Index,
+    /// Lower-cased service names, sorted: the first key of the result order.
+    sorted_services: BTreeSet<Box<str>>,
+    /// Lower-cased service → revision of the last change to any of its instances. Kept after
+    /// the service's last instance is gone (a tombstone), so the value never goes back.
+    service_revisions: HashMap<Box<str>, u64>,
+    /// Revision of the newest applied change.
+    revision: u64,
+}
+
+/// Above this many candidates, a paged query walks services in order instead of sorting all.
+const SORT_ALL_THRESHOLD: u64 = 4096;
+
+impl Registry {
+    /// An empty registry at revision 0.
+    pub fn new() -> Registry {
+        Registry::default()
+    }
+
+    /// The revision of the newest applied change.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// Raises the revision without a change (after loading a store whose last write was a
+    /// removal, for instance). Never lowers it.
+    pub fn advance_revision(&mut self, revision: u64) {
+        self.revision = self.revision.max(revision);
+    }
+
+    /// Number of live instances.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Whether the registry holds no instance.
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// The instance with this id.
+    pub fn get(&self, id: &str) -> Option<&Arc<Instance>> {
+        let slot = *self.by_id.get(id)?;
+        self.slots.get(slot as usize)?.as_ref()
+    }
+
+    /// Every live instance, in slot order.
+    pub fn instances(&self) -> impl Iterator<Item = &Arc<Instance>> {
+        self.slots.iter().flatten()
+    }
+
+    /// Applies a sequenced change and raises the revision to the change's.
+    pub fn apply(&mut self, change: Change) {
+        let revision = change.revision();
+        match change {
+            Change::Put(instance) => self.put(instance, revision),
+            Change::Remove { id, service, .. } => {
+                if let Some(slot) = self.by_id.remove(id.as_str()) {
+                    if let Some(old) = self.slots.get_mut(slot as usize).and_then(Option::take) {
+                        self.index.remove(slot, &old);
+                        self.forget_service_if_empty(&old.fields.service);
+                        self.touch_service(&old.fields.service, revision);
+                    }
+                    self.free.push(slot);
+                } else {
+                    self.touch_service(&service, revision);
+                }
+                if self.by_id.is_empty() {
+                    self.release_spare_capacity();
+                }
+            }
+        }
+        self.revision = self.revision.max(revision);
+    }
+
+    fn put(&mut self, instance: Arc<Instance>, revision: u64) {
+        if let Some(&slot) = self.by_id.get(instance.id()) {
+            let Some(entry) = self.slots.get_mut(slot as usize) else {
+                debug_assert!(false, "slot {slot} of a known id is missing");
+                return;
+            };
+            let old = entry.replace(Arc::clone(&instance));
+            if let Some(old) = old {
+                if old.fields == instance.fields {
+                    // Only health or revisions changed: move one posting instead of all.
+                    self.index.set_health(slot, old.health, instance.health);
+                } else {
+                    self.index.remove(slot, &old);
+                    self.index.insert(slot, &instance);
+                    if !old
+                        .fields
+                        .service
+                        .eq_ignore_ascii_case(&instance.fields.service)
+                    {
+                        self.forget_service_if_empty(&old.fields.service);
+                        self.touch_service(&old.fields.service, revision);
+                    }
+                }
+            } else {
+                self.index.insert(slot, &instance);
+            }
+        } else {
+            let slot = match self.free.pop() {
+                Some(slot) => slot,
+                None => {
+                    self.slots.push(None);
+                    (self.slots.len() - 1) as u32
+                }
+            };
+            self.index.insert(slot, &instance);
+            self.by_id.insert(instance.id().into(), slot);
+            if let Some(entry) = self.slots.get_mut(slot as usize) {
+                *entry = Some(Arc::clone(&instance));
+            }
+        }
+        let key = service_key(&instance.fields.service);
+        if !self.sorted_services.contains(&key) {
+            self.sorted_services.insert(key);
+        }
+        self.touch_service(&instance.fields.service, revision);
+    }
+
+    fn touch_service(&mut self, service: &str, revision: u64) {
+        let key = service_key(service);
+        let entry = self.service_revisions.entry(key).or_insert(0);
+        *entry = (*entry).max(revision);
+    }
+
+    fn forget_service_if_empty(&mut self, service: &str) {
+        let key = service_key(service);
+        if !self.index.services.contains_key(&key) {
+            self.sorted_services.remove(&key);
+        }
+    }
+
+    fn release_spare_capacity(&mut self) {
+        self.slots.clear();
+        self.slots.shrink_to_fit();
+        self.free.clear();
+        self.free.shrink_to_fit();
+        self.by_id.shrink_to_fit();
+        self.index.compact_all();
+    }
+
+    /// The revision of the last change that could affect this query's result: the service's
+    /// revision when the query names a service, the global revision otherwise.
+    pub fn scope_revision(&self, query: &Query) -> u64 {
+        match &query.service {
+            Some(service) => self
+                .service_revisions
+                .get(service.to_ascii_lowercase().as_str())
+                .copied()
+                .unwrap_or(0),
+            None => self.revision,
+        }
+    }
+
+    /// The revision of the last change to a service (0 when it never existed).
+    pub fn service_revision(&self, service: &str) -> u64 {
+        self.service_revisions
+            .get(service.to_ascii_lowercase().as_str())
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Answers a query, paged.
+    pub fn query(&self, query: &Query, page: &Page) -> QueryAnswer {
+        let candidates = self.candidates(query, None);
+        let total = candidates.len();
+        let limit = page.limit.unwrap_or(usize::MAX);
+        let (instances, more) =
+            if query.service.is_some() || total <= SORT_ALL_THRESHOLD || page.limit.is_none() {
+                self.page_by_sorting(&candidates, page.cursor.as_ref(), limit)
+            } else {
+                self.page_by_service_walk(&candidates, page.cursor.as_ref(), limit)
+            };
+        let next_cursor = if more {
+            instances.last().map(|last| Cursor::after(last).encode())
+        } else {
+            None
+        };
+        QueryAnswer {
+            revision: self.revision,
+            total,
+            instances,
+            next_cursor,
+        }
+    }
+
+    /// Counts the matches of a query without materialising them.
+    pub fn count(&self, query: &Query) -> u64 {
+        if query.is_empty() {
+            return self.index.all.len();
+        }
+        self.candidates(query, None).len()
+    }
+
+    /// The plan the query runs: each criterion with its posting size and what remains.
+    pub fn explain(&self, query: &Query) -> Vec<PlanStep> {
+        let mut steps = Vec::new();
+        self.candidates(query, Some(&mut steps));
+        steps
+    }
+
+    fn page_by_sorting(
+        &self,
+        candidates: &RoaringBitmap,
+        cursor: Option<&Cursor>,
+        limit: usize,
+    ) -> (Vec<Arc<Instance>>, bool) {
+        let mut matches: Vec<&Arc<Instance>> = candidates
+            .iter()
+            .filter_map(|slot| self.slots.get(slot as usize).and_then(Option::as_ref))
+            .filter(|instance| cursor.is_none_or(|c| is_after(instance, c)))
+            .collect();
+        let more = matches.len() > limit;
+        if more {
+            matches.select_nth_unstable_by(limit, |a, b| order(a, b));
+            matches.truncate(limit);
+        }
+        matches.sort_unstable_by(|a, b| order(a, b));
+        (matches.into_iter().cloned().collect(), more)
+    }
+
+    fn page_by_service_walk(
+        &self,
+        candidates: &RoaringBitmap,
+        cursor: Option<&Cursor>,
+        limit: usize,
+    ) -> (Vec<Arc<Instance>>, bool) {
+        let mut out = Vec::with_capacity(limit.min(1024));
+        let start = cursor.map(|c| c.service_key.as_str()).unwrap_or("");
+        let range = (std::ops::Bound::Included(start), std::ops::Bound::Unbounded);
+        for service in self.sorted_services.range::<str, _>(range) {
+            let Some(bitmap) = self.index.services.get(service) else {
+                continue;
+            };
+            let part = candidates & bitmap;
+            if part.is_empty() {
+                continue;
+            }
+            let (mut page, _) = self.page_by_sorting(&part, cursor, usize::MAX);
+            let room = limit - out.len();
+            if page.len() > room {
+                page.truncate(room);
+                out.extend(page);
+                return (out, true);
+            }
+            out.extend(page);
+            if out.len() == limit {
+                // More only if some candidate lies beyond this service.
+                let more = self
+                    .sorted_services
+                    .range::<str, _>((
+                        std::ops::Bound::Excluded(service.as_ref()),
+                        std::ops::Bound::Unbounded,
+                    ))
+                    .any(|next| {
+                        self.index
+                            .services
+                            .get(next)
+                            .is_some_and(|b| !b.is_disjoint(candidates))
+                    });
+                return (out, more);
+            }
+        }
+        (out, false)
+    }
+
+    /// The candidate slots of a query, computed from the indexes alone.
+    fn candidates(&self, query: &Query, mut plan: Option<&mut Vec<PlanStep>>) -> RoaringBitmap {
+        let mut record = |criterion: String, postings: u64, remaining: u64| {
+            if let Some(plan) = plan.as_deref_mut() {
+                plan.push(PlanStep {
+                    criterion,
+                    postings,
+                    remaining,
+                });
+            }
+        };
+        let empty = RoaringBitmap::new();
+        // Exact criteria: one posting list each; a missing value means no match.
+        let mut fixed: Vec<(String, &RoaringBitmap)> = Vec::new();
+        fn push<'a>(
+            fixed: &mut Vec<(String, &'a RoaringBitmap)>,
+            empty: &'a RoaringBitmap,
+            label: String,
+            bitmap: Option<&'a RoaringBitmap>,
+        ) {
+            fixed.push((label, bitmap.unwrap_or(empty)));
+        }
+        if let Some(service) = &query.service {
+            push(
+                &mut fixed,
+                &empty,
+                format!("service={service}"),
+                self.index.services.get(service_key(service).as_ref()),
+            );
+        }
+        if let Some(environment) = &query.environment {
+            push(
+                &mut fixed,
+                &empty,
+                format!("env={environment}"),
+                self.index.environments.get(environment.as_str()),
+            );
+        }
+        if let Some(region) = &query.region {
+            push(
+                &mut fixed,
+                &empty,
+                format!("region={region}"),
+                self.index.regions.get(region.as_str()),
+            );
+        }
+        for tag in &query.tags_all {
+            push(
+                &mut fixed,
+                &empty,
+                format!("tag={tag}"),
+                self.index.tags.get(tag.as_str()),
+            );
+        }
+        for (key, criterion) in &query.meta {
+            match criterion {
+                MetaCriterion::Equals(value) => push(
+                    &mut fixed,
+                    &empty,
+                    format!("meta.{key}={value}"),
+                    self.index
+                        .meta_values
+                        .get(key.as_str())
+                        .and_then(|values| values.get(value.as_str())),
+                ),
+                MetaCriterion::Present => push(
+                    &mut fixed,
+                    &empty,
+                    format!("meta.{key} present"),
+                    self.index.meta_keys.get(key.as_str()),
+                ),
+            }
+        }
+        if let Some(health) = query.health {
+            push(
+                &mut fixed,
+                &empty,
+                format!("health={health}"),
+                Some(&self.index.health[health.slot()]),
+            );
+        }
+        // Union criteria: the candidate must be in at least one of several lists.
+        let mut unions: Vec<(String, Vec<&RoaringBitmap>)> = Vec::new();
+        if let Some(criterion) = &query.version {
+            let members: Vec<&RoaringBitmap> = self
+                .index
+                .versions
+                .iter()
+                .filter(|(text, posting)| criterion.matches(text, posting.parsed.as_ref()))
+                .map(|(_, posting)| &posting.slots)
+                .collect();
+            let label = match criterion {
+                VersionCriterion::Exact { text, .. } => format!("version={text}"),
+                VersionCriterion::Range { text, .. } => format!("version {text}"),
+            };
+            unions.push((label, members));
+        }
+        if !query.tags_any.is_empty() {
+            let members = query
+                .tags_any
+                .iter()
+                .filter_map(|tag| self.index.tags.get(tag.as_str()))
+                .collect();
+            unions.push((format!("tag any of {}", query.tags_any.join(",")), members));
+        }
+
+        fixed.sort_by_key(|(_, bitmap)| bitmap.len());
+        let mut candidates: Option<RoaringBitmap> = None;
+        for (label, bitmap) in fixed {
+            let next = match candidates.take() {
+                None => bitmap.clone(),
+                Some(mut current) => {
+                    current &= bitmap;
+                    current
+                }
+            };
+            record(label, bitmap.len(), next.len());
+            let exhausted = next.is_empty();
+            candidates = Some(next);
+            if exhausted {
+                return RoaringBitmap::new();
+            }
+        }
+        for (label, members) in unions {
+            let postings: u64 = members.iter().map(|m| m.len()).sum();
+            let next = match candidates.take() {
+                None => members
+                    .into_iter()
+                    .fold(RoaringBitmap::new(), |acc, m| acc | m),
+                Some(current) => {
+                    if members.len() == 1 {
+                        current & members[0]
+                    } else {
+                        members
+                            .into_iter()
+                            .fold(RoaringBitmap::new(), |acc, m| acc | (&current & m))
+                    }
+                }
+            };
+            record(label, postings, next.len());
+            let exhausted = next.is_empty();
+            candidates = Some(next);
+            if exhausted {
+                return RoaringBitmap::new();
+            }
+        }
+        let mut candidates = match candidates {
+            Some(candidates) => candidates,
+            None => {
+                record(
+                    "all".to_string(),
+                    self.index.all.len(),
+                    self.index.all.len(),
+                );
+                self.index.all.clone()
+            }
+        };
+        for tag in &query.tags_none {
+            if let Some(bitmap) = self.index.tags.get(tag.as_str()) {
+                candidates -= bitmap;
+                record(format!("tag!={tag}"), bitmap.len(), candidates.len());
+            }
+        }
+        candidates
+    }
+
+    /// One summary per service, ordered by lower-cased name.
+    pub fn services(&self) -> Vec<ServiceSummary> {
+        self.sorted_services
+            .iter()
+            .filter_map(|key| {
+                let bitmap = self.index.services.get(key)?;
+                Some(self.summarise(bitmap))
+            })
+            .collect()
+    }
+
+    /// The summary of one service (case-insensitive), if it has live instances.
+    pub fn service(&self, name: &str) -> Option<ServiceSummary> {
+        let bitmap = self.index.services.get(service_key(name).as_ref())?;
+        Some(self.summarise(bitmap))
+    }
+
+    fn summarise(&self, bitmap: &RoaringBitmap) -> ServiceSummary {
+        let mut tags = BTreeSet::new();
+        let mut versions = BTreeSet::new();
+        let mut environments = BTreeSet::new();
+        let mut regions = BTreeSet::new();
+        let mut health = [0u64; 3];
+        let mut oldest: Option<&Arc<Instance>> = None;
+        for slot in bitmap {
+            let Some(instance) = self.slots.get(slot as usize).and_then(Option::as_ref) else {
+                continue;
+            };
+            let fields = &instance.fields;
+            tags.extend(fields.tags.iter().map(String::as_str));
+            versions.extend(fields.version.as_deref());
+            environments.extend(fields.environment.as_deref());
+            regions.extend(fields.region.as_deref());
+            health[instance.health as usize] += 1;
+            if oldest.is_none_or(|o| {
+                (instance.create_revision, instance.id()) < (o.create_revision, o.id())
+            }) {
+                oldest = Some(instance);
+            }
+        }
+        let owned = |set: BTreeSet<&str>| set.into_iter().map(str::to_string).collect();
+        ServiceSummary {
+            name: oldest.map(|o| o.fields.service.clone()).unwrap_or_default(),
+            instances: bitmap.len(),
+            passing: health[0],
+            warning: health[1],
+            critical: health[2],
+            tags: owned(tags),
+            versions: owned(versions),
+            environments: owned(environments),
+            regions: owned(regions),
+        }
+    }
+
+    /// Index statistics with the `top` most common values per dimension.
+    pub fn stats(&self, top: usize, limits: &Limits) -> IndexStats {
+        fn top_values<'a>(
+            entries: impl Iterator<Item = (&'a str, u64)>,
+            top: usize,
+        ) -> Vec<ValueCount> {
+            let mut all: Vec<(&str, u64)> = entries.collect();
+            all.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+            all.truncate(top);
+            all.into_iter()
+                .map(|(value, count)| ValueCount {
+                    value: value.to_string(),
+                    count,
+                })
+                .collect()
+        }
+        let counts = |postings: &crate::index::Postings| {
+            top_values(postings.iter().map(|(k, b)| (k.as_ref(), b.len())), top)
+        };
+        let instances_over_limits = self
+            .instances()
+            .filter(|instance| exceeds(instance, limits))
+            .count() as u64;
+        IndexStats {
+            revision: self.revision,
+            instances: self.len() as u64,
+            services: self.index.services.len() as u64,
+            health: Health::ALL
+                .iter()
+                .map(|h| (h.as_str().to_string(), self.index.health[h.slot()].len()))
+                .collect(),
+            environments: counts(&self.index.environments),
+            regions: counts(&self.index.regions),
+            versions: top_values(
+                self.index
+                    .versions
+                    .iter()
+                    .map(|(k, p)| (k.as_ref(), p.slots.len())),
+                top,
+            ),
+            tags: counts(&self.index.tags),
+            distinct_tags: self.index.tags.len() as u64,
+            distinct_meta_keys: self.index.meta_keys.len() as u64,
+            posting_lists: self.index.posting_lists() as u64,
+            index_memory_bytes: self.index_memory_bytes(),
+            instances_over_limits,
+        }
+    }
+
+    /// Estimated bytes held by the indexes and the id map (not the instance records).
+    pub fn index_memory_bytes(&self) -> u64 {
+        let id_map: u64 = self.by_id.keys().map(|k| k.len() as u64 + 24).sum();
+        self.index.memory_bytes() + id_map + (self.slots.capacity() as u64 * 8)
+    }
+}
+
+/// Whether an instance breaks the (possibly lowered) size limits.
+fn exceeds(instance: &Instance, limits: &Limits) -> bool {
+    let fields = &instance.fields;
+    fields.tags.len() > limits.max_tags
+        || fields.tags.iter().any(|t| t.len() > limits.max_tag_len)
+        || fields.meta.len() > limits.max_meta_keys
+        || fields
+            .meta
+            .iter()
+            .any(|(k, v)| k.len() > limits.max_meta_key_len || v.len() > limits.max_meta_value_len)
+}
+
+/// The result order: service case-insensitively, then id.
+fn order(a: &Instance, b: &Instance) -> std::cmp::Ordering {
+    let service_a = a.fields.service.bytes().map(|c| c.to_ascii_lowercase());
+    let service_b = b.fields.service.bytes().map(|c| c.to_ascii_lowercase());
+    service_a
+        .cmp(service_b)
+        .then_with(|| a.fields.id.cmp(&b.fields.id))
+}
+
+fn is_after(instance: &Instance, cursor: &Cursor) -> bool {
+    let service = instance
+        .fields
+        .service
+        .bytes()
+        .map(|c| c.to_ascii_lowercase());
+    service
+        .cmp(cursor.service_key.bytes())
+        .then_with(|| instance.fields.id.as_str().cmp(cursor.id.as_str()))
+        .is_gt()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,140 @@
+//! The embedded store: one redb file in the data directory, written by one process.
+//!
+//! Tables: `instances` (id → record, see `codec.rs`) and `meta` (`revision` → the newest
+//! revision written, `format` → the file format version). Every commit writes its changes and
+//! the new revision in one durable transaction, so a crash leaves either all of a batch or
+//! none of it. redb takes an exclusive file lock, so a second process gets
+//! [`StoreError::Locked`] instead of sharing the file.
+
+use std::path::{Path, PathBuf};
+
+use redb::{
+    Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
+use svcmeta_core::{Change, Instance};
+
+use crate::codec;
+use crate::error::StoreError;
+use crate::Snapshot;
+
+const INSTANCES: TableDefinition<&str, &[u8]> = TableDefinition::new("instances");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const REVISION_KEY: &str = "revision";
+const FORMAT_KEY: &str = "format";
+/// The file format this build writes and reads.
+const FILE_FORMAT: u64 = 1;
+
+/// The name of the database file inside the data directory.
+pub const DATABASE_FILE: &str = "svcmeta.redb";
+
+/// A redb database in a data directory.
+pub struct EmbeddedStore {
+    database: Database,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore").field("path", &self.path).finish()
+    }
+}
+
+impl EmbeddedStore {
+    /// Opens (creating if needed) the database in `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<EmbeddedStore, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::Io {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
+        let path = data_dir.join(DATABASE_FILE);
+        let database = Database::create(&path).map_err(|error| match error {
+            DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
+                path: data_dir.to_path_buf(),
+            },
+            other => StoreError::Database(format!("{}: {other}", path.display())),
+        })?;
+        let store = EmbeddedStore { database, path };
+        store.initialise()?;
+        Ok(store)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn initialise(&self) -> Result<(), StoreError> {
+        let txn = self.database.begin_write().map_err(StoreError::database)?;
+        {
+            let mut meta = txn.open_table(META).map_err(StoreError::database)?;
+            let found = meta
+                .get(FORMAT_KEY)
+                .map_err(StoreError::database)?
+                .map(|v| v.value());
+            match found {
+                Some(found) if found > FILE_FORMAT => {
+                    return Err(StoreError::UnsupportedFormat {
+                        found,
+                        supported: FILE_FORMAT,
+                    })
+                }
+                Some(_) => {}
+                None => {
+                    meta.insert(FORMAT_KEY, FILE_FORMAT)
+                        .map_err(StoreError::database)?;
+                }
+            }
+            txn.open_table(INSTANCES).map_err(StoreError::database)?;
+        }
+        txn.commit().map_err(StoreError::database)
+    }
+
+    /// Reads every instance and the newest revision.
+    pub fn load(&self) -> Result<Snapshot, StoreError> {
+        let txn = self.database.begin_read().map_err(StoreError::database)?;
+        let meta = txn.open_table(META).map_err(StoreError::database)?;
+        let revision = meta
+            .get(REVISION_KEY)
+            .map_err(StoreError::database)?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        let table = txn.open_table(INSTANCES).map_err(StoreError::database)?;
+        let mut instances: Vec<Instance> =
+            Vec::with_capacity(table.len().map_err(StoreError::database)? as usize);
+        for entry in table.iter().map_err(StoreError::database)? {
+            let (key, value) = entry.map_err(StoreError::database)?;
+            instances.push(codec::decode(key.value(), value.value())?);
+        }
+        // A record can never be newer than the revision stored with it, but be robust.
+        let newest = instances.iter().map(|i| i.modify_revision).max().unwrap_or(0);
+        Ok(Snapshot {
+            instances,
+            revision: revision.max(newest),
+        })
+    }
+
+    /// Writes a batch of changes and the new revision in one durable transaction.
+    pub fn commit(&self, changes: &[Change], revision: u64) -> Result<(), StoreError> {
+        let txn = self.database.begin_write().map_err(StoreError::database)?;
+        {
+            let mut table = txn.open_table(INSTANCES).map_err(StoreError::database)?;
+            for change in changes {
+                match change {
+                    Change::Put(instance) => {
+                        let record = codec::encode(instance);
+                        table
+                            .insert(instance.id(), record.as_slice())
+                            .map_err(StoreError::database)?;
+                    }
+                    Change::Remove { id, .. } => {
+                        table.remove(id.as_str()).map_err(StoreError::database)?;
+                    }
+                }
+            }
+            let mut meta = txn.open_table(META).map_err(StoreError::database)?;
+            meta.insert(REVISION_KEY, revision)
+                .map_err(StoreError::database)?;
+        }
+        txn.commit().map_err(StoreError::database)
+    }
+}

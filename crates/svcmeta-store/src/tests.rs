@@ -1,0 +1,96 @@
+//! Tests of the stores: round trips, atomic batches, revisions, locking and corrupt records.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use svcmeta_core::{validate, Change, Health, Instance, InstanceDraft, Limits};
+
+use super::*;
+
+fn instance(id: &str, revision: u64) -> Arc<Instance> {
+    let draft = InstanceDraft {
+        id: id.to_string(),
+        service: "web".to_string(),
+        tags: vec!["a=1".to_string(), "ünïcode".to_string()],
+        meta: BTreeMap::from([("team".to_string(), "core".to_string())]),
+        version: Some("v2".to_string()),
+        ..InstanceDraft::default()
+    };
+    let fields = validate(draft, &Limits::standard()).unwrap().fields().clone();
+    Arc::new(Instance {
+        fields,
+        health: Health::Passing,
+        create_revision: revision,
+        modify_revision: revision,
+        registered_at: 1,
+        updated_at: 1,
+    })
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("svcmeta-store-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+#[test]
+fn embedded_round_trip_keeps_instances_and_revision() {
+    let dir = temp_dir("round-trip");
+    {
+        let store = Store::open_embedded(&dir).unwrap();
+        store
+            .commit(&[Change::Put(instance("a", 1)), Change::Put(instance("b", 2))], 2)
+            .unwrap();
+        store
+            .commit(
+                &[Change::Remove {
+                    id: "a".into(),
+                    revision: 3,
+                    service: "web".into(),
+                }],
+                3,
+            )
+            .unwrap();
+    }
+    let store = Store::open_embedded(&dir).unwrap();
+    let snapshot = store.load().unwrap();
+    assert_eq!(snapshot.revision, 3, "a removal's revision survives a reopen");
+    assert_eq!(snapshot.instances.len(), 1);
+    assert_eq!(snapshot.instances[0], *instance("b", 2));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn second_open_of_a_held_directory_is_a_clear_error() {
+    let dir = temp_dir("locked");
+    let _held = Store::open_embedded(&dir).unwrap();
+    let error = Store::open_embedded(&dir).unwrap_err();
+    assert!(matches!(error, StoreError::Locked { .. }), "{error:?}");
+    assert!(error.to_string().contains("in use by another svcmeta process"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn corrupt_records_are_reported_with_their_key() {
+    assert!(matches!(
+        codec::decode("x", &[]),
+        Err(StoreError::Corrupt { .. })
+    ));
+    assert!(matches!(
+        codec::decode("x", &[9, b'{']),
+        Err(StoreError::Corrupt { .. })
+    ));
+    let good = codec::encode(&instance("a", 1));
+    let error = codec::decode("b", &good).unwrap_err();
+    assert!(error.to_string().contains("\"b\""), "{error}");
+    assert_eq!(codec::decode("a", &good).unwrap(), *instance("a", 1));
+}
+
+#[test]
+fn memory_store_keeps_nothing() {
+    let store = Store::Memory;
+    store.commit(&[Change::Put(instance("a", 1))], 1).unwrap();
+    let snapshot = store.load().unwrap();
+    assert!(snapshot.instances.is_empty());
+    assert_eq!(snapshot.revision, 0);
+}
