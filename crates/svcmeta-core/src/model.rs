@@ -40,8 +40,8 @@ pub struct InstanceDraft {
     /// Region slug.
     #[serde(default)]
     pub region: Option<String>,
-    /// Free-form metadata.
-    #[serde(default)]
+    /// Free-form metadata; a key given twice is an error, not a silent overwrite.
+    #[serde(default, deserialize_with = "unique_keys::deserialize")]
     pub meta: BTreeMap<String, String>,
     /// Lease duration, Go syntax (`30s`, `1m30s`).
     #[serde(default)]
@@ -136,8 +136,14 @@ pub struct InstanceFields {
     pub region: Option<String>,
     /// Metadata; keys are unique by construction.
     pub meta: BTreeMap<String, String>,
-    /// Lease length in milliseconds, when the instance must be renewed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Lease length in milliseconds, when the instance must be renewed. On the wire it is a
+    /// Go-style duration string (`"30s"`).
+    #[serde(
+        default,
+        rename = "ttl",
+        skip_serializing_if = "Option::is_none",
+        with = "ttl_text"
+    )]
     pub ttl_ms: Option<u64>,
 }
 
@@ -240,4 +246,64 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
         return Err(format!("duration {text:?} is too long"));
     }
     Ok(total.round() as u64)
+}
+
+/// Serde adapter: an optional millisecond count written as a duration string.
+mod ttl_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(value: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(ms) => s.serialize_str(&super::format_duration_ms(*ms)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        let text: Option<String> = Option::deserialize(d)?;
+        text.map(|t| super::parse_duration_ms(&t).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+/// Serde adapter: a string map that rejects a key given twice.
+mod unique_keys {
+    use std::collections::BTreeMap;
+    use std::fmt;
+
+    use serde::de::{MapAccess, Visitor};
+    use serde::Deserializer;
+
+    struct UniqueKeys;
+
+    impl<'de> Visitor<'de> for UniqueKeys {
+        type Value = BTreeMap<String, String>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an object of string values")
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(BTreeMap::new())
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+            let mut map = BTreeMap::new();
+            while let Some((key, value)) = access.next_entry::<String, String>()? {
+                if map.contains_key(&key) {
+                    return Err(serde::de::Error::custom(format!(
+                        "meta key {key:?} is given twice"
+                    )));
+                }
+                map.insert(key, value);
+            }
+            Ok(map)
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<String, String>, D::Error> {
+        d.deserialize_any(UniqueKeys)
+    }
 }

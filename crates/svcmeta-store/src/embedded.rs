@@ -9,7 +9,8 @@
 use std::path::{Path, PathBuf};
 
 use redb::{
-    Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableDefinition,
 };
 use svcmeta_core::{Change, Instance};
 
@@ -35,7 +36,9 @@ pub struct EmbeddedStore {
 
 impl std::fmt::Debug for EmbeddedStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmbeddedStore").field("path", &self.path).finish()
+        f.debug_struct("EmbeddedStore")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -106,7 +109,11 @@ impl EmbeddedStore {
             instances.push(codec::decode(key.value(), value.value())?);
         }
         // A record can never be newer than the revision stored with it, but be robust.
-        let newest = instances.iter().map(|i| i.modify_revision).max().unwrap_or(0);
+        let newest = instances
+            .iter()
+            .map(|i| i.modify_revision)
+            .max()
+            .unwrap_or(0);
         Ok(Snapshot {
             instances,
             revision: revision.max(newest),

@@ -16,7 +16,10 @@ fn instance(id: &str, revision: u64) -> Arc<Instance> {
         version: Some("v2".to_string()),
         ..InstanceDraft::default()
     };
-    let fields = validate(draft, &Limits::standard()).unwrap().fields().clone();
+    let fields = validate(draft, &Limits::standard())
+        .unwrap()
+        .fields()
+        .clone();
     Arc::new(Instance {
         fields,
         health: Health::Passing,
@@ -39,7 +42,10 @@ fn embedded_round_trip_keeps_instances_and_revision() {
     {
         let store = Store::open_embedded(&dir).unwrap();
         store
-            .commit(&[Change::Put(instance("a", 1)), Change::Put(instance("b", 2))], 2)
+            .commit(
+                &[Change::Put(instance("a", 1)), Change::Put(instance("b", 2))],
+                2,
+            )
             .unwrap();
         store
             .commit(
@@ -54,7 +60,10 @@ fn embedded_round_trip_keeps_instances_and_revision() {
     }
     let store = Store::open_embedded(&dir).unwrap();
     let snapshot = store.load().unwrap();
-    assert_eq!(snapshot.revision, 3, "a removal's revision survives a reopen");
+    assert_eq!(
+        snapshot.revision, 3,
+        "a removal's revision survives a reopen"
+    );
     assert_eq!(snapshot.instances.len(), 1);
     assert_eq!(snapshot.instances[0], *instance("b", 2));
     let _ = std::fs::remove_dir_all(&dir);
@@ -66,7 +75,9 @@ fn second_open_of_a_held_directory_is_a_clear_error() {
     let _held = Store::open_embedded(&dir).unwrap();
     let error = Store::open_embedded(&dir).unwrap_err();
     assert!(matches!(error, StoreError::Locked { .. }), "{error:?}");
-    assert!(error.to_string().contains("in use by another svcmeta process"));
+    assert!(error
+        .to_string()
+        .contains("in use by another svcmeta process"));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -1,0 +1,111 @@
+//! API errors: one type, one `IntoResponse`, the JSON shape of DESIGN §4.
+//!
+//! User errors become 4xx with a precise message; internal failures become 5xx whose detail
+//! is logged, not sent.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+use svcmeta_core::{MutationError, ValidationErrors, Violation};
+
+use crate::catalog::WriteError;
+
+/// An error answer of the native API.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    details: Vec<Violation>,
+}
+
+impl ApiError {
+    /// A 400 with a message.
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+
+    /// A 404 for an unknown instance.
+    pub fn not_found(id: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("instance {id:?} not found"),
+        )
+    }
+
+    /// An error with any status and code.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            details: Vec::new(),
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The JSON body: `{"error":{"code","message","details"}}`.
+    pub fn body(&self) -> serde_json::Value {
+        json!({
+            "error": {
+                "code": self.code,
+                "message": self.message,
+                "details": self.details,
+            }
+        })
+    }
+}
+
+impl From<ValidationErrors> for ApiError {
+    fn from(errors: ValidationErrors) -> ApiError {
+        let count = errors.violations.len();
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "validation_failed",
+            message: if count == 1 {
+                format!("invalid registration: {errors}")
+            } else {
+                format!("invalid registration ({count} problems): {errors}")
+            },
+            details: errors.violations,
+        }
+    }
+}
+
+impl From<WriteError> for ApiError {
+    fn from(error: WriteError) -> ApiError {
+        match error {
+            WriteError::Rejected(MutationError::NotFound(id)) => ApiError::not_found(&id),
+            WriteError::Rejected(full @ MutationError::Full { .. }) => ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "registry_full",
+                full.to_string(),
+            ),
+            WriteError::Store(store) => {
+                tracing::error!(error = %store, "store failure");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the store could not complete the write; nothing was changed",
+                )
+            }
+            WriteError::ShuttingDown => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the registry is shutting down; retry on another node or later",
+            ),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body())).into_response()
+    }
+}

@@ -1,0 +1,69 @@
+//! Router assembly: the native API under `/api/v1`, `/healthz` and `/metrics`.
+//!
+//! Only this module and its children know HTTP; the catalog below them does not.
+
+pub mod error;
+pub mod native;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, put};
+use axum::Router;
+
+use crate::catalog::Catalog;
+
+/// Settings of the HTTP edge.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Largest page a list request may ask for (and the default page size).
+    pub max_page: usize,
+    /// How many values per dimension `stats` lists.
+    pub stats_top: usize,
+}
+
+impl ServerSettings {
+    /// Defaults of DESIGN §7.
+    pub fn standard() -> ServerSettings {
+        ServerSettings {
+            max_body_bytes: 16 * 1024 * 1024,
+            max_page: 1000,
+            stats_top: 10,
+        }
+    }
+}
+
+/// What every handler shares.
+#[derive(Debug)]
+pub struct AppState {
+    /// The registry and its store.
+    pub catalog: Arc<Catalog>,
+    /// HTTP settings.
+    pub settings: ServerSettings,
+}
+
+/// The whole HTTP application.
+pub fn app(state: Arc<AppState>) -> Router {
+    let body_limit = state.settings.max_body_bytes;
+    Router::new()
+        .route(
+            "/api/v1/instances",
+            get(native::list_instances).post(native::post_instances),
+        )
+        .route(
+            "/api/v1/instances/{id}",
+            get(native::get_instance)
+                .put(native::put_instance)
+                .delete(native::delete_instance),
+        )
+        .route("/api/v1/instances/{id}/renew", put(native::renew_instance))
+        .route("/api/v1/services", get(native::list_services))
+        .route("/api/v1/stats", get(native::stats))
+        .route("/healthz", get(native::healthz))
+        .route("/metrics", get(native::metrics))
+        .fallback(native::not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}

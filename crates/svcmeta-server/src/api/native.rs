@@ -1,0 +1,487 @@
+//! The native JSON API under `/api/v1` (DESIGN §4), plus `/healthz` and `/metrics`.
+//!
+//! Handlers parse and validate first, then call the catalog; they never touch the store or the
+//! registry directly. Every read carries the revision in the `X-Svcmeta-Index` header.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use serde_json::json;
+use svcmeta_core::{
+    validate, Cursor, Health, Instance, InstanceDraft, MetaCriterion, Mutation, Page, PlanStep,
+    Query, ServiceSummary, ValidationErrors, VersionCriterion,
+};
+
+use super::error::ApiError;
+use super::AppState;
+use crate::metrics::render_prometheus;
+
+/// The response header carrying the revision an answer was computed at.
+pub const INDEX_HEADER: &str = "x-svcmeta-index";
+
+fn with_index<T: IntoResponse>(revision: u64, body: T) -> Response {
+    let mut response = body.into_response();
+    response
+        .headers_mut()
+        .insert(INDEX_HEADER, HeaderValue::from(revision));
+    response
+}
+
+/// Turns a body-extraction failure into our error shape (413 for an oversized body).
+fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        let status = rejection.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                status,
+                "payload_too_large",
+                "request body is larger than the max_body_bytes limit",
+            )
+        } else {
+            ApiError::new(status, "invalid_request", rejection.body_text())
+        }
+    })
+}
+
+fn parse_draft(bytes: &[u8]) -> Result<InstanceDraft, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("body: {e}")))
+}
+
+#[derive(Serialize)]
+struct InstanceBody<'a> {
+    #[serde(flatten)]
+    instance: &'a Instance,
+}
+
+/// `PUT /api/v1/instances/{id}`: register or replace one instance.
+pub(crate) async fn put_instance(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let bytes = body_bytes(body)?;
+    let mut draft = parse_draft(&bytes)?;
+    if draft.id.is_empty() {
+        draft.id = id.clone();
+    } else if draft.id != id {
+        return Err(ApiError::bad_request(format!(
+            "id: body names {:?} but the path names {id:?}",
+            draft.id
+        )));
+    }
+    let registration = validate(draft, state.catalog.limits())?;
+    let existed = state.catalog.get(&id).is_some();
+    let outcome = state
+        .catalog
+        .write(vec![Mutation::Register(registration)])
+        .await?;
+    let status = if existed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    match outcome.states.first().and_then(Option::as_ref) {
+        Some(instance) => Ok(with_index(
+            outcome.revision,
+            (status, Json(InstanceBody { instance })),
+        )),
+        None => Err(ApiError::not_found(&id)),
+    }
+}
+
+/// `GET /api/v1/instances/{id}`.
+pub(crate) async fn get_instance(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let revision = state.catalog.revision();
+    match state.catalog.get(&id) {
+        Some(instance) => Ok(with_index(
+            revision,
+            Json(InstanceBody {
+                instance: &instance,
+            }),
+        )),
+        None => Err(ApiError::not_found(&id)),
+    }
+}
+
+/// `DELETE /api/v1/instances/{id}`.
+pub(crate) async fn delete_instance(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let outcome = state
+        .catalog
+        .write(vec![Mutation::Deregister(id.clone())])
+        .await?;
+    Ok(with_index(
+        outcome.revision,
+        Json(json!({ "revision": outcome.revision, "deregistered": id })),
+    ))
+}
+
+/// `PUT /api/v1/instances/{id}/renew`: renews a lease, making a critical instance passing.
+pub(crate) async fn renew_instance(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let Some(instance) = state.catalog.get(&id) else {
+        return Err(ApiError::not_found(&id));
+    };
+    if instance.fields.ttl_ms.is_none() {
+        return Err(ApiError::bad_request(format!(
+            "instance {id:?} has no ttl; register it with a ttl to use leases"
+        )));
+    }
+    let outcome = state
+        .catalog
+        .write(vec![Mutation::SetHealth {
+            id: id.clone(),
+            health: Health::Passing,
+        }])
+        .await?;
+    match outcome.states.first().and_then(Option::as_ref) {
+        Some(instance) => Ok(with_index(
+            outcome.revision,
+            Json(InstanceBody { instance }),
+        )),
+        None => Err(ApiError::not_found(&id)),
+    }
+}
+
+/// Splits a bulk body into drafts: a JSON array, one JSON object, or NDJSON.
+pub fn parse_bulk(bytes: &[u8]) -> Result<Vec<InstanceDraft>, ApiError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        ApiError::bad_request(format!("body: invalid UTF-8 at byte {}", e.valid_up_to()))
+    })?;
+    let trimmed = text.trim_start();
+    if trimmed.starts_with('[') {
+        return serde_json::from_str(trimmed)
+            .map_err(|e| ApiError::bad_request(format!("body: {e}")));
+    }
+    let mut drafts = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let draft = serde_json::from_str(line)
+            .map_err(|e| ApiError::bad_request(format!("body line {}: {e}", number + 1)))?;
+        drafts.push(draft);
+    }
+    Ok(drafts)
+}
+
+/// Validates drafts, reporting every violation of every record with its position.
+pub fn validate_all(
+    drafts: Vec<InstanceDraft>,
+    limits: &svcmeta_core::Limits,
+) -> Result<Vec<Mutation>, ValidationErrors> {
+    let mut mutations = Vec::with_capacity(drafts.len());
+    let mut violations = Vec::new();
+    for (position, draft) in drafts.into_iter().enumerate() {
+        match validate(draft, limits) {
+            Ok(registration) => mutations.push(Mutation::Register(registration)),
+            Err(errors) => violations.extend(errors.prefixed(&format!("[{position}].")).violations),
+        }
+    }
+    if violations.is_empty() {
+        Ok(mutations)
+    } else {
+        Err(ValidationErrors { violations })
+    }
+}
+
+/// `POST /api/v1/instances`: bulk register, all or nothing.
+pub(crate) async fn post_instances(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let bytes = body_bytes(body)?;
+    let drafts = parse_bulk(&bytes)?;
+    if drafts.is_empty() {
+        return Err(ApiError::bad_request("body: no instances given"));
+    }
+    let mutations = validate_all(drafts, state.catalog.limits())?;
+    let count = mutations.len();
+    let outcome = state.catalog.write(mutations).await?;
+    Ok(with_index(
+        outcome.revision,
+        Json(json!({
+            "revision": outcome.revision,
+            "registered": count,
+            "changed": outcome.changed,
+        })),
+    ))
+}
+
+/// The parsed parameters of a list request.
+#[derive(Debug, Default)]
+pub struct ListRequest {
+    /// The criteria.
+    pub query: Query,
+    /// The page.
+    pub page: Page,
+    /// Only count.
+    pub count: bool,
+    /// Include the plan.
+    pub explain: bool,
+}
+
+/// Splits a raw query string into decoded pairs, keeping whether a value was given at all.
+pub fn query_pairs(raw: &str) -> Vec<(String, Option<String>)> {
+    raw.split('&')
+        .filter(|segment| !segment.is_empty())
+        .filter_map(|segment| {
+            let has_value = segment.contains('=');
+            form_urlencoded::parse(segment.as_bytes())
+                .next()
+                .map(|(key, value)| (key.into_owned(), has_value.then(|| value.into_owned())))
+        })
+        .collect()
+}
+
+fn parse_bool(name: &str, value: Option<&str>) -> Result<bool, ApiError> {
+    match value {
+        None | Some("") | Some("true") | Some("1") => Ok(true),
+        Some("false") | Some("0") => Ok(false),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "{name}: {other:?} is not a boolean (true or false)"
+        ))),
+    }
+}
+
+/// Parses the parameters of `GET /api/v1/instances`.
+pub fn parse_list_request(
+    pairs: &[(String, Option<String>)],
+    max_page: usize,
+) -> Result<ListRequest, ApiError> {
+    let mut request = ListRequest::default();
+    let mut limit = None;
+    for (key, value) in pairs {
+        let text = value.as_deref().unwrap_or("");
+        let single = |slot: &Option<String>| -> Result<(), ApiError> {
+            if slot.is_some() {
+                Err(ApiError::bad_request(format!(
+                    "{key}: given more than once"
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        let non_empty = || -> Result<String, ApiError> {
+            if text.is_empty() {
+                Err(ApiError::bad_request(format!("{key}: empty value")))
+            } else {
+                Ok(text.to_string())
+            }
+        };
+        match key.as_str() {
+            "service" => {
+                single(&request.query.service)?;
+                request.query.service = Some(non_empty()?);
+            }
+            "env" | "environment" => {
+                single(&request.query.environment)?;
+                request.query.environment = Some(non_empty()?);
+            }
+            "region" => {
+                single(&request.query.region)?;
+                request.query.region = Some(non_empty()?);
+            }
+            "tag" => request.query.tags_all.push(non_empty()?),
+            "tag_any" => request.query.tags_any.push(non_empty()?),
+            "tag_not" => request.query.tags_none.push(non_empty()?),
+            "version" => {
+                if request.query.version.is_some() {
+                    return Err(ApiError::bad_request(
+                        "version: given more than once; write a range like >=1.0, <2.0",
+                    ));
+                }
+                request.query.version = Some(
+                    VersionCriterion::parse(text)
+                        .map_err(|e| ApiError::bad_request(e.to_string()))?,
+                );
+            }
+            "health" => {
+                if request.query.health.is_some() {
+                    return Err(ApiError::bad_request("health: given more than once"));
+                }
+                request.query.health = Some(Health::parse(text).ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "health: {text:?} is not one of passing, warning, critical"
+                    ))
+                })?);
+            }
+            "filter" => {
+                if !text.is_empty() {
+                    return Err(ApiError::bad_request(
+                        "filter: filter expressions are not supported by this version",
+                    ));
+                }
+            }
+            "limit" => {
+                let parsed: usize = text.parse().map_err(|_| {
+                    ApiError::bad_request(format!("limit: {text:?} is not a positive integer"))
+                })?;
+                if parsed == 0 || parsed > max_page {
+                    return Err(ApiError::bad_request(format!(
+                        "limit: {parsed} is out of range 1 to {max_page} (max_page)"
+                    )));
+                }
+                limit = Some(parsed);
+            }
+            "cursor" => {
+                if !text.is_empty() {
+                    request.page.cursor = Some(
+                        Cursor::decode(text).map_err(|e| ApiError::bad_request(e.to_string()))?,
+                    );
+                }
+            }
+            "count" => request.count = parse_bool("count", value.as_deref())?,
+            "explain" => request.explain = parse_bool("explain", value.as_deref())?,
+            // Blocking queries arrive with the change-tracking work; accept and answer at once.
+            "index" | "wait" => {}
+            other => match other.strip_prefix("meta.") {
+                Some(meta_key) if !meta_key.is_empty() => {
+                    let criterion = match value {
+                        Some(v) => MetaCriterion::Equals(v.clone()),
+                        None => MetaCriterion::Present,
+                    };
+                    request.query.meta.push((meta_key.to_string(), criterion));
+                }
+                _ => {
+                    return Err(ApiError::bad_request(format!(
+                        "unknown query parameter {other:?}"
+                    )))
+                }
+            },
+        }
+    }
+    request.page.limit = Some(limit.unwrap_or(max_page));
+    Ok(request)
+}
+
+#[derive(Serialize)]
+struct ListBody<'a> {
+    revision: u64,
+    total: u64,
+    instances: &'a [Arc<Instance>],
+    next_cursor: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plan: Option<Vec<PlanStep>>,
+}
+
+/// `GET /api/v1/instances`.
+pub(crate) async fn list_instances(
+    State(state): State<Arc<AppState>>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let pairs = query_pairs(raw.as_deref().unwrap_or(""));
+    let request = parse_list_request(&pairs, state.settings.max_page)?;
+    let plan = request
+        .explain
+        .then(|| state.catalog.explain(&request.query));
+    if request.count {
+        let (total, revision) = state.catalog.count(&request.query);
+        let mut body = json!({ "revision": revision, "total": total });
+        if let Some(plan) = plan {
+            body["plan"] = json!(plan);
+        }
+        return Ok(with_index(revision, Json(body)));
+    }
+    let answer = state.catalog.query(&request.query, &request.page);
+    Ok(with_index(
+        answer.revision,
+        Json(ListBody {
+            revision: answer.revision,
+            total: answer.total,
+            instances: &answer.instances,
+            next_cursor: answer.next_cursor.as_deref(),
+            plan,
+        }),
+    ))
+}
+
+#[derive(Serialize)]
+struct ServicesBody<'a> {
+    revision: u64,
+    services: &'a [ServiceSummary],
+}
+
+/// `GET /api/v1/services`.
+pub(crate) async fn list_services(State(state): State<Arc<AppState>>) -> Response {
+    let (services, revision) = state.catalog.services();
+    with_index(
+        revision,
+        Json(ServicesBody {
+            revision,
+            services: &services,
+        }),
+    )
+}
+
+/// The body of `GET /api/v1/stats`.
+pub fn stats_body(state: &AppState) -> serde_json::Value {
+    let catalog = &state.catalog;
+    let index = catalog.index_stats(state.settings.stats_top);
+    let queries = catalog.query_stats().snapshot();
+    let (hits, misses, entries) = catalog.cache_counts();
+    let lookups = hits + misses;
+    json!({
+        "revision": index.revision,
+        "store": catalog.store_kind(),
+        "instances": index.instances,
+        "services": index.services,
+        "index": index,
+        "queries": queries,
+        "cache": {
+            "hits": hits,
+            "misses": misses,
+            "entries": entries,
+            "hit_ratio": if lookups == 0 { 0.0 } else { hits as f64 / lookups as f64 },
+        },
+        "store_commits": catalog.commits(),
+    })
+}
+
+/// `GET /api/v1/stats`.
+pub(crate) async fn stats(State(state): State<Arc<AppState>>) -> Response {
+    let body = stats_body(&state);
+    let revision = body["revision"].as_u64().unwrap_or(0);
+    with_index(revision, Json(body))
+}
+
+/// `GET /healthz`.
+pub(crate) async fn healthz(State(state): State<Arc<AppState>>) -> Response {
+    let revision = state.catalog.revision();
+    with_index(
+        revision,
+        Json(json!({
+            "status": "ok",
+            "store": state.catalog.store_kind(),
+            "revision": revision,
+        })),
+    )
+}
+
+/// `GET /metrics`.
+pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    (headers, render_prometheus(&state.catalog)).into_response()
+}
+
+/// Fallback for unknown paths.
+pub(crate) async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}

@@ -1,0 +1,483 @@
+//! The catalog: the only code that sequences validate → store → registry → notify.
+//!
+//! Writes are queued to one committer thread. It drains whatever is queued, resolves each
+//! request's mutations against the current state (all-or-nothing per request), assigns the
+//! next revisions, writes the whole batch to the store in one durable transaction (group
+//! commit), applies it to the registry, wakes watchers, and only then answers the writers.
+//! Reads take the registry's read lock briefly and go through the query-result cache.
+//!
+//! Everything here is synchronous (std threads and locks), so the CLI uses the catalog
+//! directly on a data directory and the HTTP server shares one behind an `Arc`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::thread::JoinHandle;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use svcmeta_core::{
+    resolve, CachedPage, Change, IndexStats, Instance, Limits, Mutation, MutationError, Page,
+    PlanStep, Query, QueryAnswer, QueryCache, Registry, ServiceSummary,
+};
+use svcmeta_store::{Store, StoreError};
+use tokio::sync::{oneshot, watch};
+
+use crate::metrics::QueryStats;
+
+/// Settings of a catalog that come from the configuration.
+#[derive(Debug, Clone)]
+pub struct CatalogSettings {
+    /// Validation limits.
+    pub limits: Limits,
+    /// Maximum number of live instances.
+    pub max_instances: u64,
+    /// Whether query results are cached.
+    pub cache_enabled: bool,
+    /// Cache capacity.
+    pub cache_max_entries: usize,
+    /// Cache entry lifetime in milliseconds.
+    pub cache_ttl_ms: u64,
+}
+
+impl CatalogSettings {
+    /// Defaults of DESIGN §7.
+    pub fn standard() -> CatalogSettings {
+        CatalogSettings {
+            limits: Limits::standard(),
+            max_instances: 10_000_000,
+            cache_enabled: true,
+            cache_max_entries: 10_000,
+            cache_ttl_ms: 60_000,
+        }
+    }
+}
+
+/// Why a write failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The mutation is not possible (unknown id, registry full).
+    #[error(transparent)]
+    Rejected(#[from] MutationError),
+    /// The store failed; nothing was applied.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The catalog is shutting down.
+    #[error("the registry is shutting down")]
+    ShuttingDown,
+}
+
+/// What a write request did.
+#[derive(Debug, Clone)]
+pub struct WriteOutcome {
+    /// The revision after the request (the registry's, when nothing changed).
+    pub revision: u64,
+    /// Per mutation, the instance's state afterwards (`None` once removed).
+    pub states: Vec<Option<Arc<Instance>>>,
+    /// Number of mutations that changed something.
+    pub changed: usize,
+}
+
+struct WriteRequest {
+    mutations: Vec<Mutation>,
+    reply: oneshot::Sender<Result<WriteOutcome, WriteError>>,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+struct Shared {
+    registry: RwLock<Registry>,
+    cache: Mutex<QueryCache>,
+    store: Store,
+    settings: CatalogSettings,
+    stats: QueryStats,
+    revision_tx: watch::Sender<u64>,
+    commits: AtomicU64,
+}
+
+/// The registry with its store, cache, statistics and write sequencer.
+pub struct Catalog {
+    shared: Arc<Shared>,
+    writer: Mutex<Option<mpsc::Sender<WriteRequest>>>,
+    committer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Catalog")
+            .field("store", &self.shared.store.kind())
+            .finish()
+    }
+}
+
+fn read_lock<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    // A panic while holding the lock cannot leave the registry half-updated in a way readers
+    // could observe differently from a completed apply, so recover the guard.
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Catalog {
+    /// Loads the store into a fresh registry and starts the committer.
+    pub fn open(store: Store, settings: CatalogSettings) -> Result<Catalog, StoreError> {
+        let snapshot = store.load()?;
+        let mut registry = Registry::new();
+        for instance in snapshot.instances {
+            registry.apply(Change::Put(Arc::new(instance)));
+        }
+        registry.advance_revision(snapshot.revision);
+        let (revision_tx, _) = watch::channel(registry.revision());
+        let shared = Arc::new(Shared {
+            registry: RwLock::new(registry),
+            cache: Mutex::new(QueryCache::new(
+                if settings.cache_enabled {
+                    settings.cache_max_entries
+                } else {
+                    0
+                },
+                settings.cache_ttl_ms,
+            )),
+            store,
+            settings,
+            stats: QueryStats::default(),
+            revision_tx,
+            commits: AtomicU64::new(0),
+        });
+        let (sender, receiver) = mpsc::channel();
+        let committer_shared = Arc::clone(&shared);
+        let committer = std::thread::Builder::new()
+            .name("svcmeta-committer".to_string())
+            .spawn(move || committer_shared.run_committer(receiver))
+            .map_err(|source| StoreError::Io {
+                path: "committer thread".into(),
+                source,
+            })?;
+        Ok(Catalog {
+            shared,
+            writer: Mutex::new(Some(sender)),
+            committer: Mutex::new(Some(committer)),
+        })
+    }
+
+    /// The validation limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.shared.settings.limits
+    }
+
+    /// The store's kind (`memory`, `embedded`).
+    pub fn store_kind(&self) -> &'static str {
+        self.shared.store.kind()
+    }
+
+    /// The newest applied revision.
+    pub fn revision(&self) -> u64 {
+        read_lock(&self.shared.registry).revision()
+    }
+
+    /// A receiver that sees every new revision (for blocking queries and watches).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.shared.revision_tx.subscribe()
+    }
+
+    /// Number of store commits so far (group commit makes this smaller than the write count).
+    pub fn commits(&self) -> u64 {
+        self.shared.commits.load(Ordering::Relaxed)
+    }
+
+    /// Submits mutations as one all-or-nothing request and returns the receiver of its outcome.
+    fn submit(
+        &self,
+        mutations: Vec<Mutation>,
+    ) -> oneshot::Receiver<Result<WriteOutcome, WriteError>> {
+        let (reply, receiver) = oneshot::channel();
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        match writer.as_ref() {
+            Some(sender) => {
+                if let Err(mpsc::SendError(request)) =
+                    sender.send(WriteRequest { mutations, reply })
+                {
+                    let _ = request.reply.send(Err(WriteError::ShuttingDown));
+                }
+            }
+            None => {
+                let _ = reply.send(Err(WriteError::ShuttingDown));
+            }
+        }
+        receiver
+    }
+
+    /// Applies mutations durably, all or nothing, waiting for the commit (async callers).
+    pub async fn write(&self, mutations: Vec<Mutation>) -> Result<WriteOutcome, WriteError> {
+        self.submit(mutations)
+            .await
+            .unwrap_or(Err(WriteError::ShuttingDown))
+    }
+
+    /// Applies mutations durably, all or nothing, blocking the thread (CLI, tests).
+    pub fn write_blocking(&self, mutations: Vec<Mutation>) -> Result<WriteOutcome, WriteError> {
+        self.submit(mutations)
+            .blocking_recv()
+            .unwrap_or(Err(WriteError::ShuttingDown))
+    }
+
+    /// Stops accepting writes, lets the committer finish what is queued, and waits for it.
+    pub fn shutdown(&self) {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let handle = self
+            .committer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
+
+    /// One instance.
+    pub fn get(&self, id: &str) -> Option<Arc<Instance>> {
+        read_lock(&self.shared.registry).get(id).cloned()
+    }
+
+    /// Answers a query through the cache, recording its latency.
+    pub fn query(&self, query: &Query, page: &Page) -> QueryAnswer {
+        let started = Instant::now();
+        let answer = self.query_uncounted(query, page);
+        self.shared.stats.record(started.elapsed());
+        answer
+    }
+
+    fn query_uncounted(&self, query: &Query, page: &Page) -> QueryAnswer {
+        let registry = read_lock(&self.shared.registry);
+        if !self.shared.settings.cache_enabled {
+            return registry.query(query, page);
+        }
+        let key = cache_key(query, page);
+        let scope = registry.scope_revision(query);
+        let now = now_ms();
+        let cached = self
+            .shared
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .lookup(&key, scope, now);
+        if let Some(cached) = cached {
+            return QueryAnswer {
+                revision: registry.revision(),
+                total: cached.total,
+                instances: cached.instances.clone(),
+                next_cursor: cached.next_cursor.clone(),
+            };
+        }
+        let answer = registry.query(query, page);
+        let page = Arc::new(CachedPage {
+            total: answer.total,
+            instances: answer.instances.clone(),
+            next_cursor: answer.next_cursor.clone(),
+        });
+        self.shared
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, scope, now, page);
+        answer
+    }
+
+    /// Counts matches without building a page.
+    pub fn count(&self, query: &Query) -> (u64, u64) {
+        let started = Instant::now();
+        let registry = read_lock(&self.shared.registry);
+        let count = registry.count(query);
+        let revision = registry.revision();
+        drop(registry);
+        self.shared.stats.record(started.elapsed());
+        (count, revision)
+    }
+
+    /// The plan a query runs.
+    pub fn explain(&self, query: &Query) -> Vec<PlanStep> {
+        read_lock(&self.shared.registry).explain(query)
+    }
+
+    /// One summary per service, with the revision.
+    pub fn services(&self) -> (Vec<ServiceSummary>, u64) {
+        let registry = read_lock(&self.shared.registry);
+        (registry.services(), registry.revision())
+    }
+
+    /// Index statistics.
+    pub fn index_stats(&self, top: usize) -> IndexStats {
+        read_lock(&self.shared.registry).stats(top, &self.shared.settings.limits)
+    }
+
+    /// Query counters and the latency histogram.
+    pub fn query_stats(&self) -> &QueryStats {
+        &self.shared.stats
+    }
+
+    /// Cache hits and misses.
+    pub fn cache_counts(&self) -> (u64, u64, usize) {
+        let cache = self.shared.cache.lock().unwrap_or_else(|p| p.into_inner());
+        (cache.hits(), cache.misses(), cache.len())
+    }
+}
+
+impl Drop for Catalog {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn cache_key(query: &Query, page: &Page) -> String {
+    let mut key = query.cache_key();
+    if let Some(limit) = page.limit {
+        key.push_str(&format!("|l{limit}"));
+    }
+    if let Some(cursor) = &page.cursor {
+        key.push_str("|c");
+        key.push_str(&cursor.encode());
+    }
+    key
+}
+
+/// Most mutations one group commit takes, so one huge queue does not starve replies.
+const MAX_BATCH_MUTATIONS: usize = 50_000;
+
+/// A request accepted into the current batch, waiting for the commit.
+struct Accepted {
+    reply: oneshot::Sender<Result<WriteOutcome, WriteError>>,
+    states: Vec<Option<Arc<Instance>>>,
+    changed: usize,
+    revision: u64,
+}
+
+impl Shared {
+    fn run_committer(&self, receiver: mpsc::Receiver<WriteRequest>) {
+        while let Ok(first) = receiver.recv() {
+            let mut batch = vec![first];
+            let mut size = batch[0].mutations.len();
+            while size < MAX_BATCH_MUTATIONS {
+                match receiver.try_recv() {
+                    Ok(request) => {
+                        size += request.mutations.len();
+                        batch.push(request);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit_batch(batch);
+        }
+    }
+
+    fn commit_batch(&self, batch: Vec<WriteRequest>) {
+        let now = now_ms();
+        let mut changes: Vec<Change> = Vec::new();
+        let mut accepted: Vec<Accepted> = Vec::new();
+        let revision = {
+            let registry = read_lock(&self.registry);
+            let mut revision = registry.revision();
+            let mut live = registry.len() as u64;
+            // The state of ids written earlier in this batch.
+            let mut overlay: HashMap<String, Option<Arc<Instance>>> = HashMap::new();
+            for request in batch {
+                let start_revision = revision;
+                let start_live = live;
+                let mut local: HashMap<String, Option<Arc<Instance>>> = HashMap::new();
+                let mut local_changes = Vec::new();
+                let mut states = Vec::with_capacity(request.mutations.len());
+                let mut failure = None;
+                for mutation in &request.mutations {
+                    let id = mutation.id();
+                    let current: Option<Arc<Instance>> = match local.get(id).or(overlay.get(id)) {
+                        Some(state) => state.clone(),
+                        None => registry.get(id).cloned(),
+                    };
+                    match resolve(current.as_ref(), mutation, revision + 1, now) {
+                        Ok(None) => states.push(current),
+                        Ok(Some(change)) => {
+                            let state = match &change {
+                                Change::Put(instance) => Some(Arc::clone(instance)),
+                                Change::Remove { .. } => None,
+                            };
+                            match (&current, &state) {
+                                (None, Some(_)) => live += 1,
+                                (Some(_), None) => live = live.saturating_sub(1),
+                                _ => {}
+                            }
+                            if live > self.settings.max_instances {
+                                failure = Some(MutationError::Full {
+                                    limit: self.settings.max_instances,
+                                });
+                                break;
+                            }
+                            revision += 1;
+                            local.insert(id.to_string(), state.clone());
+                            local_changes.push(change);
+                            states.push(state);
+                        }
+                        Err(error) => {
+                            failure = Some(error);
+                            break;
+                        }
+                    }
+                }
+                if let Some(error) = failure {
+                    revision = start_revision;
+                    live = start_live;
+                    let _ = request.reply.send(Err(WriteError::Rejected(error)));
+                    continue;
+                }
+                let changed = local_changes.len();
+                overlay.extend(local);
+                changes.extend(local_changes);
+                accepted.push(Accepted {
+                    reply: request.reply,
+                    states,
+                    changed,
+                    revision,
+                });
+            }
+            revision
+        };
+        if !changes.is_empty() {
+            if let Err(error) = self.store.commit(&changes, revision) {
+                tracing::error!(%error, "commit failed; the batch was not applied");
+                let message = error.to_string();
+                for request in accepted {
+                    let _ = request
+                        .reply
+                        .send(Err(WriteError::Store(StoreError::Database(
+                            message.clone(),
+                        ))));
+                }
+                return;
+            }
+            self.commits.fetch_add(1, Ordering::Relaxed);
+            let mut registry = self.registry.write().unwrap_or_else(|p| p.into_inner());
+            for change in changes {
+                registry.apply(change);
+            }
+            drop(registry);
+            self.revision_tx.send_replace(revision);
+        }
+        for request in accepted {
+            let revision = if request.changed > 0 {
+                request.revision
+            } else {
+                revision
+            };
+            let _ = request.reply.send(Ok(WriteOutcome {
+                revision,
+                states: request.states,
+                changed: request.changed,
+            }));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,32 @@
+//! svcmeta's asynchronous edge: the catalog (write sequencing), the HTTP APIs and metrics.
+//!
+//! [`catalog::Catalog`] is the only code that sequences validate → store → registry → notify;
+//! [`api::app`] builds the router; [`run`] serves it until a shutdown signal, then lets
+//! in-flight requests finish and the committer drain before returning.
+
+pub mod api;
+pub mod catalog;
+pub mod metrics;
+
+use std::future::Future;
+use std::sync::Arc;
+
+pub use api::{app, AppState, ServerSettings};
+pub use catalog::{Catalog, CatalogSettings, WriteError, WriteOutcome};
+
+/// Serves the application on `listener` until `shutdown` resolves, then drains.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let catalog = Arc::clone(&state.catalog);
+    let served = axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    // Every acknowledged write is already durable; this finishes anything still queued.
+    tokio::task::spawn_blocking(move || catalog.shutdown())
+        .await
+        .map_err(std::io::Error::other)?;
+    served
+}

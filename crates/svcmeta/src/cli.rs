@@ -1,0 +1,154 @@
+//! Command-line syntax (clap derive); the doc comments are the `--help` text.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// svcmeta: a service metadata registry with multi-criteria queries over bitmap indexes.
+#[derive(Debug, Parser)]
+#[command(name = "svcmeta", version, about)]
+pub(crate) struct Cli {
+    /// Configuration file (TOML).
+    #[arg(long, global = true, env = "SVCMETA_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+
+    /// Talk to a running server at this URL instead of opening the data directory.
+    #[arg(long, global = true, env = "SVCMETA_SERVER")]
+    pub(crate) server: Option<String>,
+
+    /// Data directory of the embedded store.
+    #[arg(long, global = true, env = "SVCMETA_DATA_DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+
+    /// The command.
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run the HTTP server.
+    Serve(ServeArgs),
+    /// Load Kubernetes manifests, Consul JSON, or native JSON/NDJSON files.
+    Import(ImportArgs),
+    /// Register (or replace) instances from a JSON/NDJSON file, or `-` for standard input.
+    Register {
+        /// The file, or `-`.
+        file: String,
+    },
+    /// Remove an instance.
+    Deregister {
+        /// The instance id.
+        id: String,
+    },
+    /// Find instances matching every given criterion.
+    Query(QueryArgs),
+    /// List services with their instance counts.
+    Services {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Show registry statistics.
+    Stats {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Write a realistic synthetic catalog as NDJSON (for benchmarks).
+    Gen {
+        /// Number of instances.
+        #[arg(long)]
+        instances: usize,
+        /// Random seed; the same seed gives the same catalog.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Output file (standard output when absent).
+        #[arg(long, short = 'o')]
+        out: Option<PathBuf>,
+    },
+}
+
+/// Options of `serve`.
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// Address to listen on (default 127.0.0.1:8500, Consul's port).
+    #[arg(long, env = "SVCMETA_LISTEN")]
+    pub(crate) listen: Option<String>,
+    /// Store backend: memory or embedded (default embedded).
+    #[arg(long, env = "SVCMETA_STORE")]
+    pub(crate) store: Option<String>,
+    /// Redis URL (for the redis store).
+    #[arg(long, env = "SVCMETA_REDIS_URL")]
+    pub(crate) redis_url: Option<String>,
+}
+
+/// Options of `import`.
+#[derive(Debug, Args)]
+pub(crate) struct ImportArgs {
+    /// Files to import; the format of each is detected.
+    #[arg(required = true)]
+    pub(crate) files: Vec<PathBuf>,
+    /// Instances per write request.
+    #[arg(long, default_value_t = 5000)]
+    pub(crate) batch: usize,
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Output {
+    /// Aligned columns.
+    Table,
+    /// JSON as the API returns it.
+    Json,
+    /// One instance id per line.
+    Ids,
+}
+
+/// Options of `query`.
+#[derive(Debug, Args)]
+pub(crate) struct QueryArgs {
+    /// Service name (case-insensitive).
+    #[arg(long)]
+    pub(crate) service: Option<String>,
+    /// Environment.
+    #[arg(long)]
+    pub(crate) env: Option<String>,
+    /// Region.
+    #[arg(long)]
+    pub(crate) region: Option<String>,
+    /// Tag the instance must have (repeatable: all of them).
+    #[arg(long)]
+    pub(crate) tag: Vec<String>,
+    /// Tag of which at least one must be present (repeatable).
+    #[arg(long)]
+    pub(crate) tag_any: Vec<String>,
+    /// Tag that must be absent (repeatable).
+    #[arg(long)]
+    pub(crate) tag_not: Vec<String>,
+    /// Version, exact (`v2`) or a range (`>=2.3`, `^2`, `~1.4`, `>=1.0, <2.0`).
+    #[arg(long)]
+    pub(crate) version: Option<String>,
+    /// Meta criterion `KEY=VALUE`, or `KEY` for presence (repeatable).
+    #[arg(long)]
+    pub(crate) meta: Vec<String>,
+    /// Health: passing, warning or critical.
+    #[arg(long)]
+    pub(crate) health: Option<String>,
+    /// Filter expression (Consul syntax).
+    #[arg(long)]
+    pub(crate) filter: Option<String>,
+    /// Print only the number of matches.
+    #[arg(long)]
+    pub(crate) count: bool,
+    /// Print the plan the query ran.
+    #[arg(long)]
+    pub(crate) explain: bool,
+    /// Return at most this many instances (default: all, fetched page by page).
+    #[arg(long)]
+    pub(crate) limit: Option<usize>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Output::Table)]
+    pub(crate) output: Output,
+}

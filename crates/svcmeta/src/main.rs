@@ -1,0 +1,77 @@
+//! The `svcmeta` binary: parse arguments, load configuration, dispatch, map exit codes.
+//!
+//! Exit codes: 0 success, 1 a rejected request or a failure (reason on stderr), 2 a usage
+//! error (clap's own code for bad arguments).
+
+mod backend;
+mod cli;
+mod cmd;
+mod config;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::backend::{Backend, CommandError};
+use crate::cli::{Cli, Command};
+use crate::config::{Config, Overrides};
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SVCMETA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn run(cli: Cli) -> Result<(), CommandError> {
+    let mut overrides = Overrides {
+        data_dir: cli.data_dir.clone(),
+        ..Overrides::default()
+    };
+    if let Command::Serve(serve) = &cli.command {
+        overrides.listen = serve.listen.clone();
+        overrides.store = serve.store.clone();
+        overrides.redis_url = serve.redis_url.clone();
+    }
+    let config = Config::load(cli.config.as_deref(), &overrides)?;
+    match &cli.command {
+        Command::Serve(_) => {
+            init_tracing();
+            cmd::serve::run(&config)
+        }
+        Command::Gen {
+            instances,
+            seed,
+            out,
+        } => cmd::gen(*instances, *seed, out.as_deref()),
+        command => {
+            let backend = Backend::open(cli.server.as_deref(), &config)?;
+            match command {
+                Command::Import(args) => cmd::import::run(&backend, args, &config.catalog.limits),
+                Command::Register { file } => cmd::register(&backend, file),
+                Command::Deregister { id } => cmd::deregister(&backend, id),
+                Command::Query(args) => cmd::query::run(&backend, args),
+                Command::Services { output } => cmd::services(&backend, *output),
+                Command::Stats { output } => cmd::stats(&backend, *output),
+                Command::Serve(_) | Command::Gen { .. } => Ok(()),
+            }
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(CommandError::Rejected(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(1)
+        }
+        Err(CommandError::Failed(error)) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(1)
+        }
+    }
+}
