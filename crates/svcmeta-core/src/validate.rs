@@ -293,27 +293,32 @@ fn check_port(report: &mut Report, port: i64) -> u16 {
 }
 
 fn check_tags(report: &mut Report, tags: Vec<String>, limits: &Limits) -> Vec<String> {
-    let mut seen = HashSet::with_capacity(tags.len());
-    let mut unique = Vec::with_capacity(tags.len().min(limits.max_tags + 1));
+    let mut unique: Vec<String> = Vec::with_capacity(tags.len().min(limits.max_tags + 1));
+    // Small lists are de-duplicated by scanning; large ones by a set of borrowed strings.
+    let mut seen: Option<HashSet<String>> = None;
     for (position, tag) in tags.into_iter().enumerate() {
-        let field = format!("tags[{position}]");
+        let field = || format!("tags[{position}]");
         if tag.is_empty() {
-            report.push(
-                field,
-                format!("empty, must be 1 to {} bytes", limits.max_tag_len),
-            );
+            report.push(field(), format!("empty, must be 1 to {} bytes", limits.max_tag_len));
             continue;
         }
         if tag.len() > limits.max_tag_len {
-            report.push(
-                field.clone(),
-                format!("{} bytes, limit {}", tag.len(), limits.max_tag_len),
-            );
+            report.push(field(), format!("{} bytes, limit {}", tag.len(), limits.max_tag_len));
         }
         if let Some(bad) = first_bad_char(&tag, |c| !c.is_control()) {
-            report.push(field, format!("{bad} is not allowed"));
+            report.push(field(), format!("{bad} is not allowed"));
         }
-        if seen.insert(tag.clone()) {
+        let duplicate = match &mut seen {
+            Some(set) => !set.insert(tag.clone()),
+            None if unique.len() < 16 => unique.contains(&tag),
+            None => {
+                let mut set: HashSet<String> = unique.iter().cloned().collect();
+                let duplicate = !set.insert(tag.clone());
+                seen = Some(set);
+                duplicate
+            }
+        };
+        if !duplicate {
             unique.push(tag);
         }
     }
@@ -402,7 +407,7 @@ fn check_meta(report: &mut Report, meta: &BTreeMap<String, String>, limits: &Lim
         );
     }
     for (key, value) in meta {
-        let field = format!("meta.{key}");
+        let field = || format!("meta.{key}");
         if key.is_empty() {
             report.push(
                 "meta",
@@ -414,7 +419,7 @@ fn check_meta(report: &mut Report, meta: &BTreeMap<String, String>, limits: &Lim
         } else {
             if key.len() > limits.max_meta_key_len {
                 report.push(
-                    field.clone(),
+                    field(),
                     format!(
                         "key is {} bytes, limit {}",
                         key.len(),
@@ -424,14 +429,14 @@ fn check_meta(report: &mut Report, meta: &BTreeMap<String, String>, limits: &Lim
             }
             if let Some(bad) = first_bad_char(key, is_meta_key_char) {
                 report.push(
-                    field.clone(),
+                    field(),
                     format!("{bad} is not allowed in a key, use [A-Za-z0-9_.-]"),
                 );
             }
         }
         if value.len() > limits.max_meta_value_len {
             report.push(
-                field.clone(),
+                field(),
                 format!(
                     "value is {} bytes, limit {}",
                     value.len(),
@@ -440,7 +445,7 @@ fn check_meta(report: &mut Report, meta: &BTreeMap<String, String>, limits: &Lim
             );
         }
         if let Some(bad) = first_bad_char(value, |c| !c.is_control() || c == '\t') {
-            report.push(field, format!("{bad} is not allowed in a value"));
+            report.push(field(), format!("{bad} is not allowed in a value"));
         }
     }
 }
