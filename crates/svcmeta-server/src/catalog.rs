@@ -78,6 +78,21 @@ pub struct WriteOutcome {
     pub changed: usize,
 }
 
+/// A write queued with [`Catalog::write_queued`].
+#[derive(Debug)]
+pub struct QueuedWrite {
+    receiver: oneshot::Receiver<Result<WriteOutcome, WriteError>>,
+}
+
+impl QueuedWrite {
+    /// Blocks until the write is durable (or failed).
+    pub fn wait(self) -> Result<WriteOutcome, WriteError> {
+        self.receiver
+            .blocking_recv()
+            .unwrap_or(Err(WriteError::ShuttingDown))
+    }
+}
+
 struct WriteRequest {
     mutations: Vec<Mutation>,
     reply: oneshot::Sender<Result<WriteOutcome, WriteError>>,
@@ -209,6 +224,14 @@ impl Catalog {
             }
         }
         receiver
+    }
+
+    /// Queues mutations as one all-or-nothing request without waiting; the returned handle
+    /// yields the outcome. Lets a bulk loader prepare its next batch while this one commits.
+    pub fn write_queued(&self, mutations: Vec<Mutation>) -> QueuedWrite {
+        QueuedWrite {
+            receiver: self.submit(mutations),
+        }
     }
 
     /// Applies mutations durably, all or nothing, waiting for the commit (async callers).

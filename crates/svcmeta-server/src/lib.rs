@@ -12,7 +12,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 pub use api::{app, AppState, ServerSettings};
-pub use catalog::{Catalog, CatalogSettings, WriteError, WriteOutcome};
+pub use catalog::{Catalog, CatalogSettings, QueuedWrite, WriteError, WriteOutcome};
 
 /// Serves the application on `listener` until `shutdown` resolves, then drains.
 pub async fn run(

@@ -727,3 +727,226 @@ impl Serialize for Meta<'_> {
         map.end()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, HashMap, HashSet};
+
+    use svcmeta_core::{validate, InstanceDraft, Limits};
+
+    use super::*;
+
+    fn output(instances: usize, seed: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        generate(instances, seed, &mut out).unwrap();
+        out
+    }
+
+    fn drafts(instances: usize, seed: u64) -> Vec<InstanceDraft> {
+        let out = output(instances, seed);
+        let text = std::str::from_utf8(&out).unwrap();
+        text.lines()
+            .enumerate()
+            .map(|(n, line)| {
+                serde_json::from_str::<InstanceDraft>(line)
+                    .unwrap_or_else(|e| panic!("line {}: {e}: {line}", n + 1))
+            })
+            .collect()
+    }
+
+    fn is_slug(text: &str) -> bool {
+        let bytes = text.as_bytes();
+        !bytes.is_empty()
+            && bytes.len() <= 64
+            && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
+            && bytes.iter().all(|&b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+            })
+    }
+
+    fn is_name(text: &str, extra: &[u8]) -> bool {
+        (1..=128).contains(&text.len())
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || extra.contains(&b))
+    }
+
+    #[test]
+    fn deterministic_per_seed() {
+        let a = output(3000, 42);
+        assert_eq!(a, output(3000, 42));
+        assert_ne!(a, output(3000, 43));
+        assert_ne!(output(3000, 0), output(3000, u64::MAX));
+    }
+
+    #[test]
+    fn line_count_ids_and_shape() {
+        for n in [0, 1, 2, 27, 28, 29, 100, 1000, 5000] {
+            let out = output(n, 7);
+            assert!(out.is_empty() || out.ends_with(b"\n"));
+            let text = std::str::from_utf8(&out).unwrap();
+            assert_eq!(text.lines().count(), n, "n={n}");
+            let drafts = drafts(n, 7);
+            let ids = drafts.iter().map(|d| d.id.as_str()).collect::<HashSet<_>>();
+            assert_eq!(ids.len(), n, "ids unique, n={n}");
+            for d in &drafts {
+                assert!(d.id.starts_with(&format!("{}-", d.service)), "{}", d.id);
+                assert_eq!(d.ttl, None);
+            }
+            assert!(!text.contains("\"ttl\""));
+        }
+        let first = output(1, 1);
+        let line = std::str::from_utf8(&first).unwrap();
+        assert!(line.starts_with("{\"id\":"), "{line}");
+    }
+
+    #[test]
+    fn sizes_sum_to_n_with_the_expected_service_count() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        for n in [1, 2, 13, 14, 15, 28, 100, 999, 20_000, 250_000] {
+            let sizes = service_sizes(n, &mut rng);
+            assert_eq!(sizes.iter().sum::<usize>(), n, "n={n}");
+            let expected = ((n as f64 / 28.0).round() as usize).clamp(1, n);
+            assert_eq!(sizes.len(), expected, "n={n}");
+            assert!(sizes.iter().all(|&s| s >= 1));
+        }
+    }
+
+    #[test]
+    fn service_names_stay_unique_past_the_word_list() {
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let names = ServiceNames::new(&mut rng);
+        let count = DOMAINS.len() * ROLES.len() * 3 + 17;
+        let all = (0..count).map(|i| names.name(i)).collect::<Vec<_>>();
+        assert_eq!(all.iter().collect::<HashSet<_>>().len(), count);
+        assert!(all.iter().all(|n| is_name(n, b"._-")), "{all:?}");
+        assert!(all.iter().any(|n| n.ends_with("-3")));
+    }
+
+    #[test]
+    fn every_record_follows_the_design_rules() {
+        for seed in [1, 2] {
+            for d in drafts(20_000, seed) {
+                // DESIGN §1 with the default limits, checked here directly …
+                assert!(is_name(&d.id, b"._:-"), "id {}", d.id);
+                assert!(is_name(&d.service, b"._-"), "service {}", d.service);
+                assert!((0..=65535).contains(&d.port));
+                assert!(d.tags.len() <= 64, "{} tags", d.tags.len());
+                assert_eq!(
+                    d.tags.iter().collect::<HashSet<_>>().len(),
+                    d.tags.len(),
+                    "duplicate tags in {:?}",
+                    d.tags
+                );
+                for tag in &d.tags {
+                    assert!((1..=128).contains(&tag.len()));
+                    assert!(!tag.chars().any(char::is_control));
+                }
+                assert!(is_slug(d.environment.as_deref().unwrap()));
+                assert!(is_slug(d.region.as_deref().unwrap()));
+                assert!(d.meta.len() <= 64);
+                for (key, value) in &d.meta {
+                    assert!(is_name(key, b"_.-"), "meta key {key}");
+                    assert!(value.len() <= 512);
+                }
+                let octets = d
+                    .address
+                    .split('.')
+                    .map(|o| o.parse::<u8>().unwrap())
+                    .collect::<Vec<_>>();
+                assert_eq!(octets.len(), 4);
+                assert_eq!(octets[0], 10);
+                // … and by the registry's own validation.
+                let id = d.id.clone();
+                if let Err(e) = validate(d, &Limits::standard()) {
+                    panic!("{id}: {e}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn model_averages_and_tail() {
+        let n = 20_000;
+        let drafts = drafts(n, 2024);
+        let mut per_service: HashMap<&str, usize> = HashMap::new();
+        let mut versions: HashMap<&str, HashSet<&str>> = HashMap::new();
+        let mut environments: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut regions: BTreeMap<&str, usize> = BTreeMap::new();
+        let (mut tags, mut meta, mut max_tags) = (0usize, 0usize, 0usize);
+        for d in &drafts {
+            *per_service.entry(&d.service).or_default() += 1;
+            versions
+                .entry(&d.service)
+                .or_default()
+                .insert(d.version.as_deref().unwrap());
+            *environments
+                .entry(d.environment.as_deref().unwrap())
+                .or_default() += 1;
+            *regions.entry(d.region.as_deref().unwrap()).or_default() += 1;
+            tags += d.tags.len();
+            max_tags = max_tags.max(d.tags.len());
+            meta += d.meta.len();
+        }
+        let services = per_service.len();
+        let mean = n as f64 / services as f64;
+        assert!(
+            (mean - 28.0).abs() < 1.0,
+            "mean instances per service {mean}"
+        );
+        let mut sizes = per_service.values().copied().collect::<Vec<_>>();
+        sizes.sort_unstable();
+        let max = *sizes.last().unwrap();
+        let median = sizes[sizes.len() / 2];
+        assert!(max as f64 > 20.0 * mean, "tail: max {max}, mean {mean}");
+        assert!(
+            (median as f64) < mean,
+            "most services are small: median {median}"
+        );
+        assert!(sizes[sizes.len() / 4] <= 8, "a quarter have few instances");
+
+        let avg_tags = tags as f64 / n as f64;
+        assert!((avg_tags - 8.0).abs() < 0.5, "average tags {avg_tags}");
+        assert!(max_tags > 20 && max_tags <= 64, "max tags {max_tags}");
+        let avg_meta = meta as f64 / n as f64;
+        assert!((avg_meta - 4.0).abs() < 0.15, "average meta {avg_meta}");
+
+        assert!(versions.values().all(|v| (1..=5).contains(&v.len())));
+        assert!(versions.values().any(|v| v.len() >= 4));
+        let all_versions = versions.values().flatten().collect::<Vec<_>>();
+        assert!(all_versions.iter().any(|v| v.starts_with('v')));
+        assert!(all_versions.iter().any(|v| !v.starts_with('v')));
+        assert!(all_versions
+            .iter()
+            .all(|v| v.trim_start_matches('v').split('.').count() == 3));
+
+        assert_eq!(
+            environments.keys().copied().collect::<Vec<_>>(),
+            ["dev", "prod", "staging", "test"]
+        );
+        assert!(environments["prod"] > n / 2, "{environments:?}");
+        assert!(environments["test"] < environments["staging"]);
+        assert!((4..=6).contains(&regions.len()), "{regions:?}");
+        let mut counts = regions.values().copied().collect::<Vec<_>>();
+        counts.sort_unstable();
+        assert!(
+            counts[counts.len() - 1] > 2 * counts[0],
+            "skewed regions {regions:?}"
+        );
+    }
+
+    #[test]
+    fn writes_through_a_failing_writer_report_the_error() {
+        struct Broken;
+        impl Write for Broken {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::Error::other("disk full"))
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let err = generate(10, 1, &mut Broken).unwrap_err();
+        assert_eq!(err.to_string(), "disk full");
+    }
+}

@@ -212,7 +212,7 @@ impl Cursor {
 
     /// Parses the text form produced by [`Cursor::encode`].
     pub fn decode(text: &str) -> Result<Cursor, CursorError> {
-        if text.len() % 2 != 0 || text.len() > 1024 {
+        if !text.len().is_multiple_of(2) || text.len() > 1024 {
             return Err(CursorError);
         }
         let bytes: Vec<u8> = (0..text.len())

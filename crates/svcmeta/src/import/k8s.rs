@@ -333,7 +333,7 @@ impl Mapper<'_> {
         let kind = object.kind;
         let name = match path(yaml, &["metadata", "name"]) {
             Some(Yaml::String(name)) if !name.is_empty() => name.as_str(),
-            _ => return Err(object.fail(format!("{kind} has no metadata.name"))),
+            _ => return Err(object.fail(format!("missing metadata.name in a {kind}"))),
         };
         let namespace = namespace_of(yaml);
         let key = format!("{namespace}:{name}");
