@@ -25,6 +25,8 @@ pub struct CachedPage {
 
 #[derive(Debug)]
 struct Entry {
+    /// Insertion number; the `order` queue item with the same number is this entry's.
+    sequence: u64,
     scope_revision: u64,
     inserted_at_ms: u64,
     page: Arc<CachedPage>,
@@ -34,8 +36,10 @@ struct Entry {
 #[derive(Debug)]
 pub struct QueryCache {
     entries: HashMap<String, Entry>,
-    /// Insertion order, for eviction; may hold keys already replaced or removed.
-    order: VecDeque<String>,
+    /// Insertion order, for eviction: (insertion number, key). An item whose number is not
+    /// its key's live entry's is left over from a replaced or removed entry and is skipped.
+    order: VecDeque<(u64, String)>,
+    next_sequence: u64,
     max_entries: usize,
     ttl_ms: u64,
     hits: u64,
@@ -48,6 +52,7 @@ impl QueryCache {
         QueryCache {
             entries: HashMap::new(),
             order: VecDeque::new(),
+            next_sequence: 0,
             max_entries,
             ttl_ms,
             hits: 0,
@@ -80,27 +85,39 @@ impl QueryCache {
         }
     }
 
-    /// Stores an answer computed at `scope_revision`.
+    /// Stores an answer computed at `scope_revision`, evicting the oldest insertions first.
     pub fn insert(&mut self, key: String, scope_revision: u64, now_ms: u64, page: Arc<CachedPage>) {
         if self.max_entries == 0 {
             return;
         }
+        // Replacing a cached key needs no room; a new key evicts the oldest live entries.
+        self.entries.remove(&key);
         while self.entries.len() >= self.max_entries {
             match self.order.pop_front() {
-                Some(oldest) => {
-                    self.entries.remove(&oldest);
+                Some((sequence, oldest)) => {
+                    if self
+                        .entries
+                        .get(&oldest)
+                        .is_some_and(|e| e.sequence == sequence)
+                    {
+                        self.entries.remove(&oldest);
+                    }
                 }
                 None => break,
             }
         }
-        if self.order.len() > self.max_entries.saturating_mul(4) {
+        if self.order.len() > self.max_entries.saturating_mul(2) {
             let entries = &self.entries;
-            self.order.retain(|k| entries.contains_key(k));
+            self.order
+                .retain(|(sequence, k)| entries.get(k).is_some_and(|e| e.sequence == *sequence));
         }
-        self.order.push_back(key.clone());
+        let sequence = self.next_sequence;
+        self.next_sequence += 1;
+        self.order.push_back((sequence, key.clone()));
         self.entries.insert(
             key,
             Entry {
+                sequence,
                 scope_revision,
                 inserted_at_ms: now_ms,
                 page,

@@ -230,6 +230,25 @@ pub struct Registry {
     revision: u64,
 }
 
+/// A criterion satisfied by membership in any of several posting lists.
+enum Union<'q> {
+    Version(&'q VersionCriterion),
+    TagsAny(&'q [String]),
+}
+
+impl Union<'_> {
+    fn label(&self) -> String {
+        match self {
+            Union::Version(VersionCriterion::Exact { text, .. }) => format!("version={text}"),
+            Union::Version(VersionCriterion::Range { text, .. }) => format!("version {text}"),
+            Union::TagsAny(tags) => format!("tag any of {}", tags.join(",")),
+        }
+    }
+}
+
+/// At most this many candidates are checked one by one against a union criterion.
+const PER_CANDIDATE_THRESHOLD: u64 = 256;
+
 /// Above this many candidates, a paged query walks services in order instead of sorting all.
 const SORT_ALL_THRESHOLD: u64 = 4096;
 
@@ -392,7 +411,8 @@ impl Registry {
         let limit = page.limit.unwrap_or(usize::MAX);
         let (instances, more) =
             if query.service.is_some() || total <= SORT_ALL_THRESHOLD || page.limit.is_none() {
-                self.page_by_sorting(&candidates, page.cursor.as_ref(), limit)
+                let single_service = query.service.is_some();
+                self.page_by_sorting(&candidates, page.cursor.as_ref(), limit, single_service)
             } else {
                 self.page_by_service_walk(&candidates, page.cursor.as_ref(), limit)
             };
@@ -429,7 +449,10 @@ impl Registry {
         candidates: &RoaringBitmap,
         cursor: Option<&Cursor>,
         limit: usize,
+        single_service: bool,
     ) -> (Vec<Arc<Instance>>, bool) {
+        // Within one service the order is the id order: skip the case-folding comparison.
+        let order = if single_service { order_by_id } else { order };
         let mut matches: Vec<&Arc<Instance>> = candidates
             .iter()
             .filter_map(|slot| self.slots.get(slot as usize).and_then(Option::as_ref))
@@ -461,7 +484,7 @@ impl Registry {
             if part.is_empty() {
                 continue;
             }
-            let (mut page, _) = self.page_by_sorting(&part, cursor, usize::MAX);
+            let (mut page, _) = self.page_by_sorting(&part, cursor, usize::MAX, true);
             let room = limit - out.len();
             if page.len() > room {
                 page.truncate(room);
@@ -571,28 +594,12 @@ impl Registry {
             );
         }
         // Union criteria: the candidate must be in at least one of several lists.
-        let mut unions: Vec<(String, Vec<&RoaringBitmap>)> = Vec::new();
+        let mut unions: Vec<Union<'_>> = Vec::new();
         if let Some(criterion) = &query.version {
-            let members: Vec<&RoaringBitmap> = self
-                .index
-                .versions
-                .iter()
-                .filter(|(text, posting)| criterion.matches(text, posting.parsed.as_ref()))
-                .map(|(_, posting)| &posting.slots)
-                .collect();
-            let label = match criterion {
-                VersionCriterion::Exact { text, .. } => format!("version={text}"),
-                VersionCriterion::Range { text, .. } => format!("version {text}"),
-            };
-            unions.push((label, members));
+            unions.push(Union::Version(criterion));
         }
         if !query.tags_any.is_empty() {
-            let members = query
-                .tags_any
-                .iter()
-                .filter_map(|tag| self.index.tags.get(tag.as_str()))
-                .collect();
-            unions.push((format!("tag any of {}", query.tags_any.join(",")), members));
+            unions.push(Union::TagsAny(&query.tags_any));
         }
 
         fixed.sort_by_key(|(_, bitmap)| bitmap.len());
@@ -612,23 +619,40 @@ impl Registry {
                 return RoaringBitmap::new();
             }
         }
-        for (label, members) in unions {
-            let postings: u64 = members.iter().map(|m| m.len()).sum();
+        for union in unions {
+            let label = union.label();
             let next = match candidates.take() {
-                None => members
-                    .into_iter()
-                    .fold(RoaringBitmap::new(), |acc, m| acc | m),
-                Some(current) => {
-                    if members.len() == 1 {
-                        current & members[0]
-                    } else {
-                        members
+                // Few candidates: check each one's own value instead of touching every list
+                // the criterion could match (a version range can match thousands).
+                Some(current) if current.len() <= PER_CANDIDATE_THRESHOLD => {
+                    let next: RoaringBitmap = current
+                        .iter()
+                        .filter(|slot| {
+                            self.slots
+                                .get(*slot as usize)
+                                .and_then(Option::as_ref)
+                                .is_some_and(|instance| self.union_matches(&union, instance))
+                        })
+                        .collect();
+                    record(label, current.len(), next.len());
+                    next
+                }
+                current => {
+                    let members = self.union_members(&union);
+                    let postings: u64 = members.iter().map(|m| m.len()).sum();
+                    let next = match current {
+                        None => members
                             .into_iter()
-                            .fold(RoaringBitmap::new(), |acc, m| acc | (&current & m))
-                    }
+                            .fold(RoaringBitmap::new(), |acc, m| acc | m),
+                        Some(current) if members.len() == 1 => current & members[0],
+                        Some(current) => members
+                            .into_iter()
+                            .fold(RoaringBitmap::new(), |acc, m| acc | (&current & m)),
+                    };
+                    record(label, postings, next.len());
+                    next
                 }
             };
-            record(label, postings, next.len());
             let exhausted = next.is_empty();
             candidates = Some(next);
             if exhausted {
@@ -653,6 +677,34 @@ impl Registry {
             }
         }
         candidates
+    }
+
+    /// The posting lists a union criterion accepts.
+    fn union_members(&self, union: &Union<'_>) -> Vec<&RoaringBitmap> {
+        match union {
+            Union::Version(criterion) => self
+                .index
+                .versions
+                .iter()
+                .filter(|(text, posting)| criterion.matches(text, posting.parsed.as_ref()))
+                .map(|(_, posting)| &posting.slots)
+                .collect(),
+            Union::TagsAny(tags) => tags
+                .iter()
+                .filter_map(|tag| self.index.tags.get(tag.as_str()))
+                .collect(),
+        }
+    }
+
+    /// Whether one instance satisfies a union criterion (same answer as its posting lists).
+    fn union_matches(&self, union: &Union<'_>, instance: &Instance) -> bool {
+        match union {
+            Union::Version(criterion) => instance.fields.version.as_deref().is_some_and(|v| {
+                let parsed = self.index.versions.get(v).and_then(|p| p.parsed.as_ref());
+                criterion.matches(v, parsed)
+            }),
+            Union::TagsAny(tags) => tags.iter().any(|tag| instance.fields.tags.contains(tag)),
+        }
     }
 
     /// One summary per service, ordered by lower-cased name.
@@ -784,6 +836,11 @@ fn order(a: &Instance, b: &Instance) -> std::cmp::Ordering {
     service_a
         .cmp(service_b)
         .then_with(|| a.fields.id.cmp(&b.fields.id))
+}
+
+/// The result order within one service.
+fn order_by_id(a: &Instance, b: &Instance) -> std::cmp::Ordering {
+    a.fields.id.cmp(&b.fields.id)
 }
 
 fn is_after(instance: &Instance, cursor: &Cursor) -> bool {

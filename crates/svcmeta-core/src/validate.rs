@@ -299,11 +299,17 @@ fn check_tags(report: &mut Report, tags: Vec<String>, limits: &Limits) -> Vec<St
     for (position, tag) in tags.into_iter().enumerate() {
         let field = || format!("tags[{position}]");
         if tag.is_empty() {
-            report.push(field(), format!("empty, must be 1 to {} bytes", limits.max_tag_len));
+            report.push(
+                field(),
+                format!("empty, must be 1 to {} bytes", limits.max_tag_len),
+            );
             continue;
         }
         if tag.len() > limits.max_tag_len {
-            report.push(field(), format!("{} bytes, limit {}", tag.len(), limits.max_tag_len));
+            report.push(
+                field(),
+                format!("{} bytes, limit {}", tag.len(), limits.max_tag_len),
+            );
         }
         if let Some(bad) = first_bad_char(&tag, |c| !c.is_control()) {
             report.push(field(), format!("{bad} is not allowed"));
