@@ -431,7 +431,9 @@ impl Shared {
                                 (Some(_), None) => live = live.saturating_sub(1),
                                 _ => {}
                             }
-                            if live > self.settings.max_instances {
+                            // Only a new instance can break the limit: removals and health
+                            // changes stay possible after the limit was lowered.
+                            if current.is_none() && live > self.settings.max_instances {
                                 failure = Some(MutationError::Full {
                                     limit: self.settings.max_instances,
                                 });

@@ -64,6 +64,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/healthz", get(native::healthz))
         .route("/metrics", get(native::metrics))
         .fallback(native::not_found)
+        .method_not_allowed_fallback(native::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }

@@ -76,21 +76,25 @@ pub(crate) async fn put_instance(
         )));
     }
     let registration = validate(draft, state.catalog.limits())?;
-    let existed = state.catalog.get(&id).is_some();
     let outcome = state
         .catalog
         .write(vec![Mutation::Register(registration)])
         .await?;
-    let status = if existed {
-        StatusCode::OK
-    } else {
-        StatusCode::CREATED
-    };
     match outcome.states.first().and_then(Option::as_ref) {
-        Some(instance) => Ok(with_index(
-            outcome.revision,
-            (status, Json(InstanceBody { instance })),
-        )),
+        Some(instance) => {
+            // Decided by the committer's outcome, so two racing creators cannot both see 201.
+            let created =
+                outcome.changed > 0 && instance.create_revision == instance.modify_revision;
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok(with_index(
+                outcome.revision,
+                (status, Json(InstanceBody { instance })),
+            ))
+        }
         None => Err(ApiError::not_found(&id)),
     }
 }
@@ -479,6 +483,15 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     (headers, render_prometheus(&state.catalog)).into_response()
+}
+
+/// Answer for a known path with a method it does not support.
+pub(crate) async fn method_not_allowed(method: axum::http::Method) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("method {method} is not allowed on this endpoint"),
+    )
 }
 
 /// Fallback for unknown paths.

@@ -88,7 +88,7 @@ pub(crate) fn run(
             bar.finish_and_clear();
         }
         let seconds = started.elapsed().as_secs_f64();
-        println!(
+        super::out!(
             "{name}: imported {count} instances ({}) in {seconds:.2}s, {:.0}/s, revision {revision}",
             parsed.format,
             count as f64 / seconds.max(1e-9)

@@ -4,13 +4,34 @@ pub(crate) mod import;
 pub(crate) mod query;
 pub(crate) mod serve;
 
-use std::io::Read;
+use std::io::{Read, Write};
 
 use anyhow::Context;
 use serde_json::Value;
 
 use crate::backend::{Backend, CommandError};
 use crate::cli::Output;
+
+/// Writes one line to standard output; a closed pipe (`svcmeta query | head -1`) ends the
+/// program quietly instead of panicking as `println!` would.
+pub(crate) fn emit(line: std::fmt::Arguments<'_>) {
+    let mut stdout = std::io::stdout().lock();
+    if stdout
+        .write_fmt(line)
+        .and_then(|()| stdout.write_all(b"\n"))
+        .is_err()
+    {
+        std::process::exit(0);
+    }
+}
+
+/// `println!` through [`emit`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cmd::emit(format_args!($($arg)*))
+    };
+}
+pub(crate) use out;
 
 /// `register FILE|-`.
 pub(crate) fn register(backend: &Backend, file: &str) -> Result<(), CommandError> {
@@ -31,7 +52,7 @@ pub(crate) fn register(backend: &Backend, file: &str) -> Result<(), CommandError
     }
     let count = parsed.drafts.len();
     let answer = backend.register(parsed.drafts)?;
-    println!(
+    out!(
         "registered {count} instance{} (revision {})",
         if count == 1 { "" } else { "s" },
         answer["revision"]
@@ -42,7 +63,7 @@ pub(crate) fn register(backend: &Backend, file: &str) -> Result<(), CommandError
 /// `deregister ID`.
 pub(crate) fn deregister(backend: &Backend, id: &str) -> Result<(), CommandError> {
     let answer = backend.deregister(id)?;
-    println!("deregistered {id} (revision {})", answer["revision"]);
+    out!("deregistered {id} (revision {})", answer["revision"]);
     Ok(())
 }
 
@@ -80,7 +101,7 @@ pub(crate) fn print_table(header: &[&str], rows: &[Vec<String>]) {
                 out.push_str(&" ".repeat(pad + 2));
             }
         }
-        println!("{}", out.trim_end());
+        out!("{}", out.trim_end());
     };
     line(header.to_vec());
     for row in rows {
@@ -92,13 +113,13 @@ pub(crate) fn print_table(header: &[&str], rows: &[Vec<String>]) {
 pub(crate) fn services(backend: &Backend, output: Output) -> Result<(), CommandError> {
     let answer = backend.services()?;
     if output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&answer).context("json")?);
+        out!("{}", serde_json::to_string_pretty(&answer).context("json")?);
         return Ok(());
     }
     let services = answer["services"].as_array().cloned().unwrap_or_default();
     if output == Output::Ids {
         for service in &services {
-            println!("{}", service["name"].as_str().unwrap_or_default());
+            out!("{}", service["name"].as_str().unwrap_or_default());
         }
         return Ok(());
     }
@@ -133,26 +154,27 @@ pub(crate) fn services(backend: &Backend, output: Output) -> Result<(), CommandE
 pub(crate) fn stats(backend: &Backend, output: Output) -> Result<(), CommandError> {
     let answer = backend.stats()?;
     if output != Output::Table {
-        println!("{}", serde_json::to_string_pretty(&answer).context("json")?);
+        out!("{}", serde_json::to_string_pretty(&answer).context("json")?);
         return Ok(());
     }
     let index = &answer["index"];
-    println!("revision            {}", answer["revision"]);
-    println!(
+    out!("revision            {}", answer["revision"]);
+    out!(
         "store               {}",
         answer["store"].as_str().unwrap_or_default()
     );
-    println!("instances           {}", answer["instances"]);
-    println!("services            {}", answer["services"]);
-    println!("index memory bytes  {}", index["index_memory_bytes"]);
-    println!("posting lists       {}", index["posting_lists"]);
-    println!("over limits         {}", index["instances_over_limits"]);
-    println!("queries served      {}", answer["queries"]["queries"]);
-    println!(
+    out!("instances           {}", answer["instances"]);
+    out!("services            {}", answer["services"]);
+    out!("index memory bytes  {}", index["index_memory_bytes"]);
+    out!("posting lists       {}", index["posting_lists"]);
+    out!("over limits         {}", index["instances_over_limits"]);
+    out!("queries served      {}", answer["queries"]["queries"]);
+    out!(
         "query latency       p50 <= {} us, p99 <= {} us",
-        answer["queries"]["p50_us"], answer["queries"]["p99_us"]
+        answer["queries"]["p50_us"],
+        answer["queries"]["p99_us"]
     );
-    println!(
+    out!(
         "cache               {} hits, {} misses, ratio {:.3}",
         answer["cache"]["hits"],
         answer["cache"]["misses"],
@@ -160,7 +182,7 @@ pub(crate) fn stats(backend: &Backend, output: Output) -> Result<(), CommandErro
     );
     if let Some(health) = index["health"].as_object() {
         let parts: Vec<String> = health.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        println!("health              {}", parts.join(" "));
+        out!("health              {}", parts.join(" "));
     }
     for (title, key) in [
         ("environments", "environments"),
@@ -177,7 +199,7 @@ pub(crate) fn stats(backend: &Backend, output: Output) -> Result<(), CommandErro
                     .collect()
             })
             .unwrap_or_default();
-        println!("{title:<20}{}", parts.join(" "));
+        out!("{title:<20}{}", parts.join(" "));
     }
     Ok(())
 }

@@ -57,10 +57,10 @@ pub(crate) fn run(backend: &Backend, args: &QueryArgs) -> Result<(), CommandErro
         }
         let answer = backend.list(&request)?;
         if args.output == Output::Json {
-            println!("{}", serde_json::to_string_pretty(&answer).context("json")?);
+            super::out!("{}", serde_json::to_string_pretty(&answer).context("json")?);
         } else {
             print_plan(&answer);
-            println!("{}", answer["total"]);
+            super::out!("{}", answer["total"]);
         }
         return Ok(());
     }
@@ -106,12 +106,12 @@ pub(crate) fn run(backend: &Backend, args: &QueryArgs) -> Result<(), CommandErro
             if let Some(plan) = first.get("plan") {
                 body["plan"] = plan.clone();
             }
-            println!("{}", serde_json::to_string_pretty(&body).context("json")?);
+            super::out!("{}", serde_json::to_string_pretty(&body).context("json")?);
         }
         Output::Ids => {
             print_plan(&first);
             for instance in &instances {
-                println!("{}", instance["id"].as_str().unwrap_or_default());
+                super::out!("{}", instance["id"].as_str().unwrap_or_default());
             }
         }
         Output::Table => {

@@ -1,0 +1,18 @@
+//! End-to-end tests of the native HTTP API: a real server on a free loopback port, started
+//! in-process, driven over HTTP with ureq.
+//!
+//! Helpers outside `#[test]` functions panic on unexpected failures too: that is how a test
+//! fails, so `expect` is allowed in this test binary.
+//!
+//! Modules: single-instance writes, bulk writes, queries and paging, input validation and
+//! limits, the service/stats/metrics/health endpoints, and concurrent clients.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod bulk;
+mod concurrency;
+mod endpoints;
+mod instances;
+mod queries;
+mod support;
+mod validation;
