@@ -40,5 +40,8 @@ fn every_rust_file_opens_with_a_module_comment() {
         })
         .map(|path| path.display().to_string())
         .collect();
-    assert!(missing.is_empty(), "files without a //! comment: {missing:#?}");
+    assert!(
+        missing.is_empty(),
+        "files without a //! comment: {missing:#?}"
+    );
 }
