@@ -4,17 +4,19 @@
 //! presence, meta key=value and health. A slot is a dense `u32` the registry assigns to each
 //! live instance. Removing an instance removes every posting it added, and a value whose
 //! bitmap becomes empty is dropped, so the index does not grow under churn.
+//! Inserting an instance also interns its strings: each tag, version, environment, region,
+//! meta key and meta value of the stored instance is replaced by the index's own key, so equal
+//! strings are held once however many instances carry them.
 //! This module knows nothing of queries or revisions.
 
-use std::collections::HashMap;
-
+use hashbrown::HashMap;
 use roaring::RoaringBitmap;
 use semver::Version;
 
-use crate::model::{Health, Instance};
+use crate::model::{Health, Instance, InstanceFields, Text};
 
 /// Posting lists of one string-valued dimension.
-pub(crate) type Postings = HashMap<Box<str>, RoaringBitmap>;
+pub(crate) type Postings = HashMap<Text, RoaringBitmap>;
 
 /// Posting list of one distinct version string, with its semver reading cached.
 #[derive(Debug, Default)]
@@ -31,30 +33,37 @@ pub(crate) struct Index {
     /// Lower-cased service name → slots.
     pub(crate) services: Postings,
     pub(crate) tags: Postings,
-    pub(crate) versions: HashMap<Box<str>, VersionPosting>,
+    pub(crate) versions: HashMap<Text, VersionPosting>,
     pub(crate) environments: Postings,
     pub(crate) regions: Postings,
     /// Meta key → slots that have the key.
     pub(crate) meta_keys: Postings,
     /// Meta key → value → slots.
-    pub(crate) meta_values: HashMap<Box<str>, Postings>,
+    pub(crate) meta_values: HashMap<Text, Postings>,
     pub(crate) health: [RoaringBitmap; 3],
 }
 
 /// Lower-cases a service name into its index key (service names are ASCII by validation).
-pub(crate) fn service_key(service: &str) -> Box<str> {
-    service.to_ascii_lowercase().into_boxed_str()
+pub(crate) fn service_key(service: &str) -> Text {
+    if service.bytes().any(|b| b.is_ascii_uppercase()) {
+        Text::from(service.to_ascii_lowercase())
+    } else {
+        Text::from(service)
+    }
 }
 
-fn add(postings: &mut Postings, value: &str, slot: u32) {
-    match postings.get_mut(value) {
-        Some(bitmap) => {
+/// Adds `slot` to the posting list of `value` and returns the index's copy of the value.
+fn add(postings: &mut Postings, value: &Text, slot: u32) -> Text {
+    match postings.get_key_value_mut(value.as_ref()) {
+        Some((key, bitmap)) => {
             bitmap.insert(slot);
+            Text::clone(key)
         }
         None => {
             let mut bitmap = RoaringBitmap::new();
             bitmap.insert(slot);
-            postings.insert(value.into(), bitmap);
+            postings.insert(Text::clone(value), bitmap);
+            Text::clone(value)
         }
     }
 }
@@ -76,18 +85,23 @@ fn compact<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
 }
 
 impl Index {
-    /// Adds every posting of `instance` at `slot`.
-    pub(crate) fn insert(&mut self, slot: u32, instance: &Instance) {
-        let fields = &instance.fields;
+    /// Adds every posting of an instance at `slot`, replacing its strings by the index's
+    /// interned copies.
+    pub(crate) fn insert(&mut self, slot: u32, fields: &mut InstanceFields, health: Health) {
         self.all.insert(slot);
-        add(&mut self.services, &service_key(&fields.service), slot);
-        for tag in &fields.tags {
-            add(&mut self.tags, tag, slot);
+        let key = service_key(&fields.service);
+        let interned = add(&mut self.services, &key, slot);
+        if interned.as_ref() == fields.service.as_ref() {
+            fields.service = interned;
         }
-        if let Some(version) = &fields.version {
-            match self.versions.get_mut(version.as_str()) {
-                Some(posting) => {
+        for tag in &mut fields.tags {
+            *tag = add(&mut self.tags, tag, slot);
+        }
+        if let Some(version) = &mut fields.version {
+            match self.versions.get_key_value_mut(version.as_ref()) {
+                Some((key, posting)) => {
                     posting.slots.insert(slot);
+                    *version = Text::clone(key);
                 }
                 None => {
                     let mut posting = VersionPosting {
@@ -95,28 +109,22 @@ impl Index {
                         slots: RoaringBitmap::new(),
                     };
                     posting.slots.insert(slot);
-                    self.versions.insert(version.as_str().into(), posting);
+                    self.versions.insert(Text::clone(version), posting);
                 }
             }
         }
-        if let Some(environment) = &fields.environment {
-            add(&mut self.environments, environment, slot);
+        if let Some(environment) = &mut fields.environment {
+            *environment = add(&mut self.environments, environment, slot);
         }
-        if let Some(region) = &fields.region {
-            add(&mut self.regions, region, slot);
+        if let Some(region) = &mut fields.region {
+            *region = add(&mut self.regions, region, slot);
         }
-        for (key, value) in &fields.meta {
-            add(&mut self.meta_keys, key, slot);
-            match self.meta_values.get_mut(key.as_str()) {
-                Some(values) => add(values, value, slot),
-                None => {
-                    let mut values = Postings::new();
-                    add(&mut values, value, slot);
-                    self.meta_values.insert(key.as_str().into(), values);
-                }
-            }
+        for (key, value) in fields.meta.pairs_mut() {
+            *key = add(&mut self.meta_keys, key, slot);
+            let values = self.meta_values.entry(Text::clone(key)).or_default();
+            *value = add(values, value, slot);
         }
-        self.health[instance.health.slot()].insert(slot);
+        self.health[health.slot()].insert(slot);
     }
 
     /// Removes every posting of `instance` at `slot`; empty values disappear.
@@ -128,10 +136,10 @@ impl Index {
             remove(&mut self.tags, tag, slot);
         }
         if let Some(version) = &fields.version {
-            if let Some(posting) = self.versions.get_mut(version.as_str()) {
+            if let Some(posting) = self.versions.get_mut(version.as_ref()) {
                 posting.slots.remove(slot);
                 if posting.slots.is_empty() {
-                    self.versions.remove(version.as_str());
+                    self.versions.remove(version.as_ref());
                 }
             }
         }
@@ -141,12 +149,12 @@ impl Index {
         if let Some(region) = &fields.region {
             remove(&mut self.regions, region, slot);
         }
-        for (key, value) in &fields.meta {
+        for (key, value) in fields.meta.iter() {
             remove(&mut self.meta_keys, key, slot);
-            if let Some(values) = self.meta_values.get_mut(key.as_str()) {
+            if let Some(values) = self.meta_values.get_mut(key.as_ref()) {
                 remove(values, value, slot);
                 if values.is_empty() {
-                    self.meta_values.remove(key.as_str());
+                    self.meta_values.remove(key.as_ref());
                 }
             }
         }

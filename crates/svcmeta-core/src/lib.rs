@@ -16,8 +16,8 @@ mod version;
 
 pub use cache::{CachedPage, QueryCache};
 pub use model::{
-    format_duration_ms, parse_duration_ms, Health, Instance, InstanceDraft, InstanceFields,
-    Registration,
+    format_duration_ms, parse_duration_ms, Health, Instance, InstanceDraft, InstanceFields, Meta,
+    Registration, Text,
 };
 pub use query::{Cursor, CursorError, MetaCriterion, Page, PlanStep, Query, QueryAnswer};
 pub use registry::{

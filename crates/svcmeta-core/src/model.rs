@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -112,30 +113,119 @@ impl Registration {
     }
 }
 
+/// Immutable shared text. The registry interns tags, meta keys and values, versions,
+/// environments and regions, so a million instances share a few thousand strings.
+pub type Text = Arc<str>;
+
+/// Meta pairs sorted by key, keys unique: a compact map (a `BTreeMap` node costs several
+/// hundred bytes even for four pairs).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Meta {
+    pairs: Vec<(Text, Text)>,
+}
+
+impl Meta {
+    /// The value of a key.
+    pub fn get(&self, key: &str) -> Option<&Text> {
+        self.pairs
+            .binary_search_by(|(k, _)| k.as_ref().cmp(key))
+            .ok()
+            .map(|n| &self.pairs[n].1)
+    }
+
+    /// Whether the key is present.
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// Pairs in key order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&Text, &Text)> + '_ {
+        self.pairs.iter().map(|(k, v)| (k, v))
+    }
+
+    /// Number of pairs.
+    pub fn len(&self) -> usize {
+        self.pairs.len()
+    }
+
+    /// Whether there is no pair.
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty()
+    }
+
+    /// Mutable access to the pairs, for interning; keys must not change.
+    pub(crate) fn pairs_mut(&mut self) -> &mut [(Text, Text)] {
+        &mut self.pairs
+    }
+}
+
+impl From<BTreeMap<String, String>> for Meta {
+    fn from(map: BTreeMap<String, String>) -> Meta {
+        Meta {
+            pairs: map
+                .into_iter()
+                .map(|(k, v)| (Text::from(k), Text::from(v)))
+                .collect(),
+        }
+    }
+}
+
+impl FromIterator<(Text, Text)> for Meta {
+    fn from_iter<I: IntoIterator<Item = (Text, Text)>>(iter: I) -> Meta {
+        let mut pairs: Vec<(Text, Text)> = iter.into_iter().collect();
+        pairs.sort_by(|a, b| a.0.cmp(&b.0));
+        // Keep the last value given for a key, like a map insert would.
+        pairs.reverse();
+        pairs.dedup_by(|later, earlier| later.0 == earlier.0);
+        pairs.reverse();
+        pairs.sort_by(|a, b| a.0.cmp(&b.0));
+        Meta { pairs }
+    }
+}
+
+impl Serialize for Meta {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.pairs.len()))?;
+        for (key, value) in &self.pairs {
+            map.serialize_entry(key.as_ref(), value.as_ref())?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Meta {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Meta, D::Error> {
+        let map = BTreeMap::<String, String>::deserialize(deserializer)?;
+        Ok(Meta::from(map))
+    }
+}
+
 /// The client-owned fields of an instance, after validation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceFields {
     /// Unique id, `[A-Za-z0-9._:-]{1,128}`.
     pub id: String,
     /// Service name, `[A-Za-z0-9._-]{1,128}`; compared case-insensitively.
-    pub service: String,
+    pub service: Text,
     /// Host name or IP, possibly empty.
     pub address: String,
     /// Port, 0 when unknown.
     pub port: u16,
     /// Tags, de-duplicated, in the order first given.
-    pub tags: Vec<String>,
+    pub tags: Vec<Text>,
     /// Version, as given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub version: Option<String>,
+    pub version: Option<Text>,
     /// Environment slug.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub environment: Option<String>,
+    pub environment: Option<Text>,
     /// Region slug.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub region: Option<String>,
+    pub region: Option<Text>,
     /// Metadata; keys are unique by construction.
-    pub meta: BTreeMap<String, String>,
+    #[serde(default)]
+    pub meta: Meta,
     /// Lease length in milliseconds, when the instance must be renewed. On the wire it is a
     /// Go-style duration string (`"30s"`).
     #[serde(
@@ -145,6 +235,53 @@ pub struct InstanceFields {
         with = "ttl_text"
     )]
     pub ttl_ms: Option<u64>,
+}
+
+impl InstanceFields {
+    /// The service name as registered.
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// The version, if any.
+    pub fn version(&self) -> Option<&str> {
+        self.version.as_deref()
+    }
+
+    /// The environment, if any.
+    pub fn environment(&self) -> Option<&str> {
+        self.environment.as_deref()
+    }
+
+    /// The region, if any.
+    pub fn region(&self) -> Option<&str> {
+        self.region.as_deref()
+    }
+
+    /// The tags, in order.
+    pub fn tags(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+        self.tags.iter().map(|t| t.as_ref())
+    }
+
+    /// Whether the instance has this exact tag.
+    pub fn has_tag(&self, tag: &str) -> bool {
+        self.tags.iter().any(|t| AsRef::<str>::as_ref(t) == tag)
+    }
+
+    /// The value of a meta key.
+    pub fn meta_get(&self, key: &str) -> Option<&str> {
+        self.meta.get(key).map(|v| v.as_ref())
+    }
+
+    /// Meta pairs ordered by key.
+    pub fn meta_iter(&self) -> impl ExactSizeIterator<Item = (&str, &str)> + '_ {
+        self.meta.iter().map(|(k, v)| (k.as_ref(), v.as_ref()))
+    }
+
+    /// Number of meta pairs.
+    pub fn meta_len(&self) -> usize {
+        self.meta.len()
+    }
 }
 
 /// An instance as the registry holds it: validated fields plus what the registry tracks.

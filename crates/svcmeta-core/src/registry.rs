@@ -7,14 +7,16 @@
 //! negations, then pages the matches in (service, id) order.
 //! No I/O, no clock, no locking: callers wrap the registry in whatever lock they need.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use hashbrown::HashMap;
 use std::sync::Arc;
 
 use roaring::RoaringBitmap;
 use serde::Serialize;
 
 use crate::index::{service_key, Index};
-use crate::model::{Health, Instance, Registration};
+use crate::model::{Health, Instance, Registration, Text};
 use crate::query::{Cursor, MetaCriterion, Page, PlanStep, Query, QueryAnswer};
 use crate::validate::Limits;
 use crate::version::VersionCriterion;
@@ -130,7 +132,7 @@ pub fn resolve(
             Some(old) => Ok(Some(Change::Remove {
                 id: id.clone(),
                 revision,
-                service: old.fields.service.clone(),
+                service: old.fields.service.to_string(),
             })),
             None => Err(MutationError::NotFound(id.clone())),
         },
@@ -222,10 +224,10 @@ pub struct Registry {
     by_id: HashMap<Box<str>, u32>,
     index: Index,
     /// Lower-cased service names, sorted: the first key of the result order.
-    sorted_services: BTreeSet<Box<str>>,
+    sorted_services: BTreeSet<Text>,
     /// Lower-cased service → revision of the last change to any of its instances. Kept after
     /// the service's last instance is gone (a tombstone), so the value never goes back.
-    service_revisions: HashMap<Box<str>, u64>,
+    service_revisions: HashMap<Text, u64>,
     /// Revision of the newest applied change.
     revision: u64,
 }
@@ -315,50 +317,57 @@ impl Registry {
     }
 
     fn put(&mut self, instance: Arc<Instance>, revision: u64) {
-        if let Some(&slot) = self.by_id.get(instance.id()) {
-            let Some(entry) = self.slots.get_mut(slot as usize) else {
-                debug_assert!(false, "slot {slot} of a known id is missing");
-                return;
-            };
-            let old = entry.replace(Arc::clone(&instance));
-            if let Some(old) = old {
-                if old.fields == instance.fields {
-                    // Only health or revisions changed: move one posting instead of all.
-                    self.index.set_health(slot, old.health, instance.health);
-                } else {
-                    self.index.remove(slot, &old);
-                    self.index.insert(slot, &instance);
-                    if !old
-                        .fields
-                        .service
-                        .eq_ignore_ascii_case(&instance.fields.service)
-                    {
-                        self.forget_service_if_empty(&old.fields.service);
-                        self.touch_service(&old.fields.service, revision);
+        // The stored copy gets the index's interned strings; the caller's copy is untouched.
+        let mut stored = Instance::clone(&instance);
+        let slot = match self.by_id.get(instance.id()) {
+            Some(&slot) => {
+                let old = self.slots.get_mut(slot as usize).and_then(Option::take);
+                match old {
+                    Some(old) if old.fields == stored.fields => {
+                        // Only health or revisions changed: move one posting instead of all.
+                        self.index.set_health(slot, old.health, stored.health);
+                        stored.fields = old.fields.clone();
+                    }
+                    Some(old) => {
+                        self.index.remove(slot, &old);
+                        self.index.insert(slot, &mut stored.fields, stored.health);
+                        if !old
+                            .fields
+                            .service
+                            .eq_ignore_ascii_case(&stored.fields.service)
+                        {
+                            self.forget_service_if_empty(&old.fields.service);
+                            self.touch_service(&old.fields.service, revision);
+                        }
+                    }
+                    None => {
+                        debug_assert!(false, "slot {slot} of a known id is empty");
+                        self.index.insert(slot, &mut stored.fields, stored.health);
                     }
                 }
-            } else {
-                self.index.insert(slot, &instance);
+                slot
             }
-        } else {
-            let slot = match self.free.pop() {
-                Some(slot) => slot,
-                None => {
-                    self.slots.push(None);
-                    (self.slots.len() - 1) as u32
-                }
-            };
-            self.index.insert(slot, &instance);
-            self.by_id.insert(instance.id().into(), slot);
-            if let Some(entry) = self.slots.get_mut(slot as usize) {
-                *entry = Some(Arc::clone(&instance));
+            None => {
+                let slot = match self.free.pop() {
+                    Some(slot) => slot,
+                    None => {
+                        self.slots.push(None);
+                        (self.slots.len() - 1) as u32
+                    }
+                };
+                self.index.insert(slot, &mut stored.fields, stored.health);
+                self.by_id.insert(instance.id().into(), slot);
+                slot
             }
-        }
-        let key = service_key(&instance.fields.service);
+        };
+        let key = service_key(&stored.fields.service);
         if !self.sorted_services.contains(&key) {
             self.sorted_services.insert(key);
         }
-        self.touch_service(&instance.fields.service, revision);
+        self.touch_service(&stored.fields.service, revision);
+        if let Some(entry) = self.slots.get_mut(slot as usize) {
+            *entry = Some(Arc::new(stored));
+        }
     }
 
     fn touch_service(&mut self, service: &str, revision: u64) {
@@ -477,7 +486,7 @@ impl Registry {
         let start = cursor.map(|c| c.service_key.as_str()).unwrap_or("");
         let range = (std::ops::Bound::Included(start), std::ops::Bound::Unbounded);
         for service in self.sorted_services.range::<str, _>(range) {
-            let Some(bitmap) = self.index.services.get(service) else {
+            let Some(bitmap) = self.index.services.get(service.as_ref()) else {
                 continue;
             };
             let part = candidates & bitmap;
@@ -503,7 +512,7 @@ impl Registry {
                     .any(|next| {
                         self.index
                             .services
-                            .get(next)
+                            .get(next.as_ref())
                             .is_some_and(|b| !b.is_disjoint(candidates))
                     });
                 return (out, more);
@@ -703,7 +712,7 @@ impl Registry {
                 let parsed = self.index.versions.get(v).and_then(|p| p.parsed.as_ref());
                 criterion.matches(v, parsed)
             }),
-            Union::TagsAny(tags) => tags.iter().any(|tag| instance.fields.tags.contains(tag)),
+            Union::TagsAny(tags) => tags.iter().any(|tag| instance.fields.has_tag(tag)),
         }
     }
 
@@ -736,7 +745,7 @@ impl Registry {
                 continue;
             };
             let fields = &instance.fields;
-            tags.extend(fields.tags.iter().map(String::as_str));
+            tags.extend(fields.tags());
             versions.extend(fields.version.as_deref());
             environments.extend(fields.environment.as_deref());
             regions.extend(fields.region.as_deref());
@@ -749,7 +758,9 @@ impl Registry {
         }
         let owned = |set: BTreeSet<&str>| set.into_iter().map(str::to_string).collect();
         ServiceSummary {
-            name: oldest.map(|o| o.fields.service.clone()).unwrap_or_default(),
+            name: oldest
+                .map(|o| o.fields.service().to_string())
+                .unwrap_or_default(),
             instances: bitmap.len(),
             passing: health[0],
             warning: health[1],

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
-use crate::model::{parse_duration_ms, InstanceDraft, InstanceFields, Registration};
+use crate::model::{parse_duration_ms, InstanceDraft, InstanceFields, Meta, Registration, Text};
 
 /// The limits and rules a registration is checked against.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -207,14 +207,14 @@ pub fn validate(draft: InstanceDraft, limits: &Limits) -> Result<Registration, V
     Ok(Registration {
         fields: InstanceFields {
             id: draft.id,
-            service: draft.service,
+            service: Text::from(draft.service),
             address: draft.address,
             port,
-            tags,
-            version: draft.version,
-            environment: draft.environment,
-            region: draft.region,
-            meta: draft.meta,
+            tags: tags.into_iter().map(Text::from).collect(),
+            version: draft.version.map(Text::from),
+            environment: draft.environment.map(Text::from),
+            region: draft.region.map(Text::from),
+            meta: Meta::from(draft.meta),
             ttl_ms,
         },
     })

@@ -118,18 +118,18 @@ impl Query {
     pub fn matches(&self, instance: &Instance) -> bool {
         let fields = &instance.fields;
         if let Some(service) = &self.service {
-            if !fields.service.eq_ignore_ascii_case(service) {
+            if !fields.service().eq_ignore_ascii_case(service) {
                 return false;
             }
         }
-        if self.environment.is_some() && fields.environment != self.environment {
+        if self.environment.is_some() && fields.environment() != self.environment.as_deref() {
             return false;
         }
-        if self.region.is_some() && fields.region != self.region {
+        if self.region.is_some() && fields.region() != self.region.as_deref() {
             return false;
         }
         if let Some(criterion) = &self.version {
-            match &fields.version {
+            match fields.version() {
                 Some(version) => {
                     if !criterion.matches(version, crate::version::parse(version).as_ref()) {
                         return false;
@@ -138,7 +138,7 @@ impl Query {
                 None => return false,
             }
         }
-        let has_tag = |tag: &String| fields.tags.contains(tag);
+        let has_tag = |tag: &String| fields.has_tag(tag);
         if !self.tags_all.iter().all(has_tag) {
             return false;
         }
@@ -149,7 +149,7 @@ impl Query {
             return false;
         }
         for (key, criterion) in &self.meta {
-            match (fields.meta.get(key), criterion) {
+            match (fields.meta_get(key), criterion) {
                 (None, _) => return false,
                 (Some(value), MetaCriterion::Equals(wanted)) if value != wanted => return false,
                 _ => {}

@@ -3,6 +3,7 @@
 //! revisions and `resolve`, a model-based property test, and a query-cache staleness test.
 
 use super::*;
+use crate::model::Meta;
 
 use proptest::prelude::*;
 
@@ -845,8 +846,12 @@ fn replacing_an_instance_removes_stale_postings() {
         d.environment = Some("staging".into());
     }));
     let record = h.registry.get("x").expect("live");
-    assert_eq!(record.fields.meta, meta_of(&[("team", "b")]), "no merge");
-    assert_eq!(record.fields.tags, ["shared"]);
+    assert_eq!(
+        record.fields.meta,
+        Meta::from(meta_of(&[("team", "b")])),
+        "no merge"
+    );
+    assert_eq!(record.fields.tags().collect::<Vec<_>>(), ["shared"]);
     assert_eq!(record.fields.region, None);
     assert_eq!(record.fields.version, None);
 
@@ -1769,7 +1774,7 @@ fn apply_change(h: &mut Harness, model: &mut Model, op: &Op) {
                     Ok(Some(Change::Remove {
                         id,
                         revision,
-                        service: old.fields.service
+                        service: old.fields.service.to_string()
                     }))
                 ),
                 None => assert_eq!(result, Err(MutationError::NotFound(id))),
@@ -1844,10 +1849,10 @@ fn check_against_model(h: &Harness, model: &Model, queries: &[QuerySpec]) {
                 .expect("non-empty group");
             let tags: BTreeSet<String> = members
                 .iter()
-                .flat_map(|i| i.fields.tags.iter().cloned())
+                .flat_map(|i| i.fields.tags().map(str::to_string))
                 .collect();
             (
-                oldest.fields.service.clone(),
+                oldest.fields.service().to_string(),
                 members.len() as u64,
                 members
                     .iter()
@@ -1860,15 +1865,15 @@ fn check_against_model(h: &Harness, model: &Model, queries: &[QuerySpec]) {
     assert_eq!(listed, expected);
 
     let stats = registry.stats(3, &Limits::standard());
-    let distinct_tags: BTreeSet<&String> = model
+    let distinct_tags: BTreeSet<&str> = model
         .instances
         .values()
-        .flat_map(|i| i.fields.tags.iter())
+        .flat_map(|i| i.fields.tags())
         .collect();
-    let distinct_keys: BTreeSet<&String> = model
+    let distinct_keys: BTreeSet<&str> = model
         .instances
         .values()
-        .flat_map(|i| i.fields.meta.keys())
+        .flat_map(|i| i.fields.meta_iter().map(|(k, _)| k))
         .collect();
     assert_eq!(stats.instances, model.instances.len() as u64);
     assert_eq!(stats.services, groups.len() as u64);
@@ -1925,4 +1930,37 @@ proptest! {
         prop_assert_eq!(h.registry.index_memory_bytes(), empty_memory);
         prop_assert!(h.registry.sorted_services.is_empty());
     }
+}
+
+#[test]
+fn stored_instances_share_interned_strings() {
+    let mut registry = Registry::new();
+    for (revision, id) in [(1, "a"), (2, "b")] {
+        let draft = InstanceDraft {
+            id: id.to_string(),
+            service: "web".to_string(),
+            tags: vec!["canary".to_string()],
+            version: Some("1.2.3".to_string()),
+            environment: Some("prod".to_string()),
+            meta: BTreeMap::from([("team".to_string(), "core".to_string())]),
+            ..InstanceDraft::default()
+        };
+        let registration = validate(draft, &Limits::standard()).unwrap();
+        let change = resolve(None, &Mutation::Register(registration), revision, 0)
+            .unwrap()
+            .unwrap();
+        registry.apply(change);
+    }
+    let a = &registry.get("a").unwrap().fields;
+    let b = &registry.get("b").unwrap().fields;
+    assert!(std::sync::Arc::ptr_eq(&a.tags[0], &b.tags[0]));
+    assert!(std::sync::Arc::ptr_eq(
+        a.version.as_ref().unwrap(),
+        b.version.as_ref().unwrap()
+    ));
+    assert!(std::sync::Arc::ptr_eq(&a.service, &b.service));
+    let (a_key, a_value) = a.meta.iter().next().unwrap();
+    let (b_key, b_value) = b.meta.iter().next().unwrap();
+    assert!(std::sync::Arc::ptr_eq(a_key, b_key));
+    assert!(std::sync::Arc::ptr_eq(a_value, b_value));
 }

@@ -465,8 +465,8 @@ fn concurrent_writes_to_one_id_leave_exactly_the_last_one() {
         // The service moved between `even` and `odd`: only the current one lists it.
         let (services, _) = catalog.services();
         assert_eq!(services.len(), 1, "{kind}: {services:?}");
-        assert_eq!(services[0].name, expected.service, "{kind}");
-        let other = if expected.service == "even" {
+        assert_eq!(services[0].name, expected.service(), "{kind}");
+        let other = if expected.service() == "even" {
             "odd"
         } else {
             "even"
@@ -872,14 +872,17 @@ fn the_cache_never_serves_stale_answers_under_concurrent_writes_and_reads() {
                 let f = &i.fields;
                 Mutation::Register(registration(InstanceDraft {
                     id: f.id.clone(),
-                    service: f.service.clone(),
+                    service: f.service().to_string(),
                     address: f.address.clone(),
                     port: i64::from(f.port),
-                    tags: f.tags.clone(),
-                    version: f.version.clone(),
-                    environment: f.environment.clone(),
-                    region: f.region.clone(),
-                    meta: f.meta.clone(),
+                    tags: f.tags().map(str::to_string).collect(),
+                    version: f.version().map(str::to_string),
+                    environment: f.environment().map(str::to_string),
+                    region: f.region().map(str::to_string),
+                    meta: f
+                        .meta_iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
                     ttl: None,
                 }))
             })
