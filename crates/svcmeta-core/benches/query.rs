@@ -163,7 +163,7 @@ impl Generator {
 fn instance(draft: InstanceDraft, health: Health, revision: u64) -> Arc<Instance> {
     let registration = validate(draft, &Limits::standard())
         .unwrap_or_else(|errors| panic!("generated an invalid draft: {errors}"));
-    match resolve(None, &Mutation::Register(registration), revision, revision) {
+    match resolve(None, Mutation::Register(registration), revision, revision) {
         Ok(Some(Change::Put(instance))) => {
             let mut instance = Instance::clone(&instance);
             instance.health = health;

@@ -101,13 +101,13 @@ pub enum MutationError {
 /// setting the health it already has), so no revision is spent on it.
 pub fn resolve(
     current: Option<&Arc<Instance>>,
-    mutation: &Mutation,
+    mutation: Mutation,
     revision: u64,
     now_ms: u64,
 ) -> Result<Option<Change>, MutationError> {
     match mutation {
         Mutation::Register(registration) => {
-            let fields = registration.fields().clone();
+            let fields = registration.fields;
             match current {
                 Some(old) if old.fields == fields && old.health == Health::Passing => Ok(None),
                 Some(old) => Ok(Some(Change::Put(Arc::new(Instance {
@@ -130,22 +130,22 @@ pub fn resolve(
         }
         Mutation::Deregister(id) => match current {
             Some(old) => Ok(Some(Change::Remove {
-                id: id.clone(),
+                id,
                 revision,
                 service: old.fields.service.to_string(),
             })),
-            None => Err(MutationError::NotFound(id.clone())),
+            None => Err(MutationError::NotFound(id)),
         },
         Mutation::SetHealth { id, health } => match current {
-            Some(old) if old.health == *health => Ok(None),
+            Some(old) if old.health == health => Ok(None),
             Some(old) => {
                 let mut instance = Instance::clone(old);
-                instance.health = *health;
+                instance.health = health;
                 instance.modify_revision = revision;
                 instance.updated_at = now_ms;
                 Ok(Some(Change::Put(Arc::new(instance))))
             }
-            None => Err(MutationError::NotFound(id.clone())),
+            None => Err(MutationError::NotFound(id)),
         },
     }
 }

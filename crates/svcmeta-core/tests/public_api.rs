@@ -201,7 +201,7 @@ fn instances_round_trip_through_json_with_a_duration_ttl() {
         Ok(registration) => registration,
         Err(errors) => panic!("rejected: {errors}"),
     };
-    let instance = match resolve(None, &Mutation::Register(registration), 7, 1_000) {
+    let instance = match resolve(None, Mutation::Register(registration), 7, 1_000) {
         Ok(Some(Change::Put(instance))) => instance,
         other => panic!("unexpected {other:?}"),
     };

@@ -9,13 +9,13 @@
 //! Everything here is synchronous (std threads and locks), so the CLI uses the catalog
 //! directly on a data directory and the HTTP server shares one behind an `Arc`.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use hashbrown::HashMap;
 use svcmeta_core::{
     resolve, CachedPage, Change, IndexStats, Instance, Limits, Mutation, MutationError, Page,
     PlanStep, Query, QueryAnswer, QueryCache, Registry, ServiceSummary,
@@ -413,11 +413,11 @@ impl Shared {
                 let mut local_changes = Vec::new();
                 let mut states = Vec::with_capacity(request.mutations.len());
                 let mut failure = None;
-                for mutation in &request.mutations {
-                    let id = mutation.id();
-                    let current: Option<Arc<Instance>> = match local.get(id).or(overlay.get(id)) {
+                for mutation in request.mutations {
+                    let id = mutation.id().to_string();
+                    let current: Option<Arc<Instance>> = match local.get(&id).or(overlay.get(&id)) {
                         Some(state) => state.clone(),
-                        None => registry.get(id).cloned(),
+                        None => registry.get(&id).cloned(),
                     };
                     match resolve(current.as_ref(), mutation, revision + 1, now) {
                         Ok(None) => states.push(current),
@@ -440,7 +440,7 @@ impl Shared {
                                 break;
                             }
                             revision += 1;
-                            local.insert(id.to_string(), state.clone());
+                            local.insert(id, state.clone());
                             local_changes.push(change);
                             states.push(state);
                         }

@@ -32,12 +32,8 @@ impl Harness {
     fn mutate(&mut self, mutation: Mutation) -> Result<Option<Change>, MutationError> {
         let revision = self.registry.revision() + 1;
         self.now += 1_000;
-        let change = resolve(
-            self.registry.get(mutation.id()),
-            &mutation,
-            revision,
-            self.now,
-        )?;
+        let current = self.registry.get(mutation.id()).cloned();
+        let change = resolve(current.as_ref(), mutation, revision, self.now)?;
         if let Some(change) = &change {
             self.registry.apply(change.clone());
         }
@@ -1120,7 +1116,7 @@ fn scope_revision_rules() {
 fn resolve_semantics() {
     let reg = |d: InstanceDraft| Mutation::Register(registration(d));
     // A new id: created and modified at this revision, passing.
-    let created = match resolve(None, &reg(draft("x", "web")), 5, 1_000) {
+    let created = match resolve(None, reg(draft("x", "web")), 5, 1_000) {
         Ok(Some(Change::Put(instance))) => instance,
         other => panic!("unexpected {other:?}"),
     };
@@ -1137,14 +1133,14 @@ fn resolve_semantics() {
 
     // Identical re-registration: no change.
     assert_eq!(
-        resolve(Some(&created), &reg(draft("x", "web")), 6, 2_000),
+        resolve(Some(&created), reg(draft("x", "web")), 6, 2_000),
         Ok(None)
     );
 
     // A replacement keeps create_revision and registered_at.
     let replaced = match resolve(
         Some(&created),
-        &reg(draft_with("x", "web", |d| d.port = 81)),
+        reg(draft_with("x", "web", |d| d.port = 81)),
         7,
         3_000,
     ) {
@@ -1175,7 +1171,7 @@ fn resolve_semantics() {
     // Health changes; the same health is no change.
     let sick = resolve(
         Some(&created),
-        &Mutation::SetHealth {
+        Mutation::SetHealth {
             id: "x".into(),
             health: Health::Critical,
         },
@@ -1194,15 +1190,18 @@ fn resolve_semantics() {
         id: "x".into(),
         health: Health::Passing,
     };
-    assert_eq!(resolve(Some(&created), &same_health, 8, 4_000), Ok(None));
+    assert_eq!(
+        resolve(Some(&created), same_health.clone(), 8, 4_000),
+        Ok(None)
+    );
 
     // Unknown ids.
     assert_eq!(
-        resolve(None, &Mutation::Deregister("nope".into()), 9, 0),
+        resolve(None, Mutation::Deregister("nope".into()), 9, 0),
         Err(MutationError::NotFound("nope".into()))
     );
     assert_eq!(
-        resolve(None, &same_health, 9, 0),
+        resolve(None, same_health.clone(), 9, 0),
         Err(MutationError::NotFound("x".into()))
     );
     assert_eq!(
@@ -1211,7 +1210,7 @@ fn resolve_semantics() {
     );
 
     // Deregistering names the service, for scope tracking.
-    let removal = resolve(Some(&created), &Mutation::Deregister("x".into()), 10, 0);
+    let removal = resolve(Some(&created), Mutation::Deregister("x".into()), 10, 0);
     assert_eq!(
         removal,
         Ok(Some(Change::Remove {
@@ -1946,7 +1945,7 @@ fn stored_instances_share_interned_strings() {
             ..InstanceDraft::default()
         };
         let registration = validate(draft, &Limits::standard()).unwrap();
-        let change = resolve(None, &Mutation::Register(registration), revision, 0)
+        let change = resolve(None, Mutation::Register(registration), revision, 0)
             .unwrap()
             .unwrap();
         registry.apply(change);
