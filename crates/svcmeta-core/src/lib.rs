@@ -7,6 +7,7 @@
 //! crates of the workspace.
 
 mod cache;
+mod event;
 mod index;
 mod model;
 mod query;
@@ -15,9 +16,15 @@ mod validate;
 mod version;
 
 pub use cache::{CachedPage, QueryCache};
+pub use event::{Event, EventKind};
 pub use model::{
     format_duration_ms, parse_duration_ms, Health, Instance, InstanceDraft, InstanceFields, Meta,
     Registration, Text,
+};
+pub use query::{
+    is_blank as is_blank_filter, parse_filter, plan_filter, query_with_filter, Filter, FilterError,
+    FilterErrorKind, FilterLimits, Match as FilterMatch, NodeInfo, Op as FilterOp,
+    Pattern as FilterPattern, Selector as FilterSelector, Value as FilterValue,
 };
 pub use query::{Cursor, CursorError, MetaCriterion, Page, PlanStep, Query, QueryAnswer};
 pub use registry::{

@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::index::{service_key, Index};
 use crate::model::{Health, Instance, Registration, Text};
-use crate::query::{Cursor, MetaCriterion, Page, PlanStep, Query, QueryAnswer};
+use crate::query::{Cursor, MetaCriterion, NodeInfo, Page, PlanStep, Query, QueryAnswer};
 use crate::validate::Limits;
 use crate::version::VersionCriterion;
 
@@ -35,6 +35,8 @@ pub enum Mutation {
         /// The new health.
         health: Health,
     },
+    /// Renew an instance's lease: it must have a ttl; a non-passing instance becomes passing.
+    Renew(String),
 }
 
 impl Mutation {
@@ -42,7 +44,7 @@ impl Mutation {
     pub fn id(&self) -> &str {
         match self {
             Mutation::Register(registration) => registration.id(),
-            Mutation::Deregister(id) | Mutation::SetHealth { id, .. } => id,
+            Mutation::Deregister(id) | Mutation::SetHealth { id, .. } | Mutation::Renew(id) => id,
         }
     }
 }
@@ -87,6 +89,9 @@ pub enum MutationError {
     /// The instance does not exist.
     #[error("instance {0:?} not found")]
     NotFound(String),
+    /// The instance has no ttl, so it has no lease to renew.
+    #[error("instance {0:?} has no ttl; register it with a ttl to use leases")]
+    NoLease(String),
     /// The registry is full.
     #[error("registry holds {limit} instances, the max_instances limit")]
     Full {
@@ -141,6 +146,18 @@ pub fn resolve(
             Some(old) => {
                 let mut instance = Instance::clone(old);
                 instance.health = health;
+                instance.modify_revision = revision;
+                instance.updated_at = now_ms;
+                Ok(Some(Change::Put(Arc::new(instance))))
+            }
+            None => Err(MutationError::NotFound(id)),
+        },
+        Mutation::Renew(id) => match current {
+            Some(old) if old.fields.ttl_ms.is_none() => Err(MutationError::NoLease(id)),
+            Some(old) if old.health == Health::Passing => Ok(None),
+            Some(old) => {
+                let mut instance = Instance::clone(old);
+                instance.health = Health::Passing;
                 instance.modify_revision = revision;
                 instance.updated_at = now_ms;
                 Ok(Some(Change::Put(Arc::new(instance))))
@@ -684,6 +701,21 @@ impl Registry {
                 candidates -= bitmap;
                 record(format!("tag!={tag}"), bitmap.len(), candidates.len());
             }
+        }
+        // The part of a filter expression no index answers is checked per candidate.
+        if let Some(filter) = &query.filter {
+            let before = candidates.len();
+            let node = NodeInfo::standalone_ref();
+            candidates = candidates
+                .iter()
+                .filter(|slot| {
+                    self.slots
+                        .get(*slot as usize)
+                        .and_then(Option::as_ref)
+                        .is_some_and(|instance| filter.matches(instance, node))
+                })
+                .collect();
+            record(format!("filter {filter}"), before, candidates.len());
         }
         candidates
     }

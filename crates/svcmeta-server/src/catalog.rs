@@ -6,10 +6,18 @@
 //! commit), applies it to the registry, wakes watchers, and only then answers the writers.
 //! Reads take the registry's read lock briefly and go through the query-result cache.
 //!
+//! The catalog also keeps the retained change events (for the event stream and watchers that
+//! resume after a restart) and the lease table: each instance with a ttl has a deadline in a
+//! min-heap; [`Catalog::expire_due`] turns expired instances critical and, after
+//! `deregister_after`, removes them, through the same committer as any other write.
+//!
 //! Everything here is synchronous (std threads and locks), so the CLI uses the catalog
-//! directly on a data directory and the HTTP server shares one behind an `Arc`.
+//! directly on a data directory and the HTTP server shares one behind an `Arc`. Time comes from
+//! a [`Clock`], so tests drive leases with a manual clock instead of sleeping.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
@@ -17,10 +25,10 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use hashbrown::HashMap;
 use svcmeta_core::{
-    resolve, CachedPage, Change, IndexStats, Instance, Limits, Mutation, MutationError, Page,
-    PlanStep, Query, QueryAnswer, QueryCache, Registry, ServiceSummary,
+    resolve, CachedPage, Change, Event, Health, IndexStats, Instance, Limits, Mutation,
+    MutationError, Page, PlanStep, Query, QueryAnswer, QueryCache, Registry, ServiceSummary,
 };
-use svcmeta_store::{Store, StoreError};
+use svcmeta_store::{Batch, Store, StoreError};
 use tokio::sync::{oneshot, watch};
 
 use crate::metrics::QueryStats;
@@ -38,6 +46,11 @@ pub struct CatalogSettings {
     pub cache_max_entries: usize,
     /// Cache entry lifetime in milliseconds.
     pub cache_ttl_ms: u64,
+    /// How many of the newest change events are kept for resuming watchers.
+    pub event_retention: u64,
+    /// How long an instance whose lease expired stays (critical) before it is removed;
+    /// `None` keeps it until it is renewed or deregistered.
+    pub deregister_after_ms: Option<u64>,
 }
 
 impl CatalogSettings {
@@ -49,6 +62,8 @@ impl CatalogSettings {
             cache_enabled: true,
             cache_max_entries: 10_000,
             cache_ttl_ms: 60_000,
+            event_retention: 100_000,
+            deregister_after_ms: None,
         }
     }
 }
@@ -106,6 +121,104 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Where the catalog reads the time (Unix milliseconds).
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// The current time.
+    fn now_ms(&self) -> u64;
+}
+
+/// The system clock.
+#[derive(Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        now_ms()
+    }
+}
+
+/// A clock that moves only when told to (tests).
+#[derive(Debug, Default)]
+pub struct ManualClock {
+    now: AtomicU64,
+}
+
+impl ManualClock {
+    /// A clock standing at `now_ms`.
+    pub fn new(now_ms: u64) -> ManualClock {
+        ManualClock {
+            now: AtomicU64::new(now_ms),
+        }
+    }
+
+    /// Moves the clock forward.
+    pub fn advance(&self, ms: u64) {
+        self.now.fetch_add(ms, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.now.load(Ordering::SeqCst)
+    }
+}
+
+/// A watcher asked for history older than what is retained: it must re-list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("events after revision {since} are no longer retained (oldest retained: {oldest}); re-list and resume from the listing's revision")]
+pub struct HistoryTrimmed {
+    /// The revision asked for.
+    pub since: u64,
+    /// The oldest retained event's revision.
+    pub oldest: u64,
+}
+
+/// What a lease timer entry does when it fires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum LeaseAction {
+    /// The lease ran out: the instance turns critical.
+    Expire,
+    /// The instance has been critical for `deregister_after`: remove it.
+    Remove,
+}
+
+/// Lease deadlines: the current deadline per id, and a min-heap of timer entries. A heap
+/// entry whose deadline no longer matches the id's current one is stale and skipped.
+#[derive(Debug, Default)]
+struct Leases {
+    deadlines: HashMap<String, u64>,
+    timers: BinaryHeap<Reverse<(u64, LeaseAction, String, u64)>>,
+}
+
+impl Leases {
+    fn set(&mut self, id: &str, deadline: Option<u64>) {
+        match deadline {
+            Some(deadline) => {
+                self.deadlines.insert(id.to_string(), deadline);
+                self.timers.push(Reverse((
+                    deadline,
+                    LeaseAction::Expire,
+                    id.to_string(),
+                    deadline,
+                )));
+            }
+            None => {
+                self.deadlines.remove(id);
+            }
+        }
+        // Stale entries accumulate when leases are renewed; rebuild when they dominate.
+        if self.timers.len() > 1024 && self.timers.len() > self.deadlines.len() * 4 {
+            let deadlines = &self.deadlines;
+            let live: Vec<_> = self
+                .timers
+                .drain()
+                .filter(|Reverse((_, _, id, lease))| deadlines.get(id) == Some(lease))
+                .collect();
+            self.timers = live.into_iter().collect();
+        }
+    }
+}
+
 struct Shared {
     registry: RwLock<Registry>,
     cache: Mutex<QueryCache>,
@@ -114,6 +227,11 @@ struct Shared {
     stats: QueryStats,
     revision_tx: watch::Sender<u64>,
     commits: AtomicU64,
+    clock: Arc<dyn Clock>,
+    /// The newest `event_retention` events, oldest first, contiguous in revision.
+    events: Mutex<VecDeque<Event>>,
+    leases: Mutex<Leases>,
+    stopping: AtomicBool,
 }
 
 /// The registry with its store, cache, statistics and write sequencer.
@@ -121,6 +239,7 @@ pub struct Catalog {
     shared: Arc<Shared>,
     writer: Mutex<Option<mpsc::Sender<WriteRequest>>>,
     committer: Mutex<Option<JoinHandle<()>>>,
+    lease_timer: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -138,14 +257,42 @@ fn read_lock<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
 }
 
 impl Catalog {
-    /// Loads the store into a fresh registry and starts the committer.
+    /// Loads the store into a fresh registry and starts the committer and the lease timer
+    /// (on the system clock).
     pub fn open(store: Store, settings: CatalogSettings) -> Result<Catalog, StoreError> {
+        let catalog = Catalog::open_with_clock(store, settings, Arc::new(SystemClock))?;
+        catalog.start_lease_timer()?;
+        Ok(catalog)
+    }
+
+    /// Loads the store with a given clock; leases expire only when [`Catalog::expire_due`]
+    /// is called (tests drive it with a [`ManualClock`]).
+    pub fn open_with_clock(
+        store: Store,
+        settings: CatalogSettings,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Catalog, StoreError> {
         let snapshot = store.load()?;
+        let now = clock.now_ms();
         let mut registry = Registry::new();
+        let mut leases = Leases::default();
+        let stored_leases: HashMap<String, u64> = snapshot.leases.into_iter().collect();
         for instance in snapshot.instances {
+            if let Some(ttl) = instance.fields.ttl_ms {
+                // A lease without a stored deadline (an older file) gets a fresh one.
+                let deadline = stored_leases
+                    .get(instance.id())
+                    .copied()
+                    .unwrap_or(now.saturating_add(ttl));
+                leases.set(instance.id(), Some(deadline));
+            }
             registry.apply(Change::Put(Arc::new(instance)));
         }
         registry.advance_revision(snapshot.revision);
+        let mut events: VecDeque<Event> = snapshot.events.into();
+        while events.len() as u64 > settings.event_retention {
+            events.pop_front();
+        }
         let (revision_tx, _) = watch::channel(registry.revision());
         let shared = Arc::new(Shared {
             registry: RwLock::new(registry),
@@ -162,6 +309,10 @@ impl Catalog {
             stats: QueryStats::default(),
             revision_tx,
             commits: AtomicU64::new(0),
+            clock,
+            events: Mutex::new(events),
+            leases: Mutex::new(leases),
+            stopping: AtomicBool::new(false),
         });
         let (sender, receiver) = mpsc::channel();
         let committer_shared = Arc::clone(&shared);
@@ -176,7 +327,74 @@ impl Catalog {
             shared,
             writer: Mutex::new(Some(sender)),
             committer: Mutex::new(Some(committer)),
+            lease_timer: Mutex::new(None),
         })
+    }
+
+    /// Starts the thread that expires leases on time.
+    fn start_lease_timer(&self) -> Result<(), StoreError> {
+        let shared = Arc::clone(&self.shared);
+        let writer = self
+            .writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some(writer) = writer else {
+            return Ok(());
+        };
+        let handle = std::thread::Builder::new()
+            .name("svcmeta-leases".to_string())
+            .spawn(move || {
+                while !shared.stopping.load(Ordering::SeqCst) {
+                    let now = shared.clock.now_ms();
+                    let next = shared.expire_due(now, &writer);
+                    let wait = next.map_or(200, |at| at.saturating_sub(now).clamp(1, 200));
+                    std::thread::sleep(std::time::Duration::from_millis(wait));
+                }
+            })
+            .map_err(|source| StoreError::Io {
+                path: "lease thread".into(),
+                source,
+            })?;
+        *self.lease_timer.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+        Ok(())
+    }
+
+    /// Expires every lease due at the clock's current time; returns when the next is due.
+    /// The writes it makes go through the committer like any other and are waited for.
+    pub fn expire_due(&self) -> Option<u64> {
+        let writer = self
+            .writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()?;
+        self.shared.expire_due(self.shared.clock.now_ms(), &writer)
+    }
+
+    /// The lease deadline of an instance (Unix ms), if it has a lease.
+    pub fn lease_deadline(&self, id: &str) -> Option<u64> {
+        self.shared
+            .leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .deadlines
+            .get(id)
+            .copied()
+    }
+
+    /// The retained events after `since`, oldest first; an error when some are gone.
+    pub fn events_since(&self, since: u64) -> Result<Vec<Event>, HistoryTrimmed> {
+        let revision = self.revision();
+        let events = self.shared.events.lock().unwrap_or_else(|p| p.into_inner());
+        if since >= revision {
+            return Ok(Vec::new());
+        }
+        let oldest = events.front().map_or(revision + 1, |e| e.revision);
+        if since + 1 < oldest {
+            return Err(HistoryTrimmed { since, oldest });
+        }
+        let start = events.partition_point(|e| e.revision <= since);
+        Ok(events.range(start..).cloned().collect())
     }
 
     /// The validation limits in force.
@@ -248,8 +466,29 @@ impl Catalog {
             .unwrap_or(Err(WriteError::ShuttingDown))
     }
 
+    /// Tells parked blocking reads and event streams to finish (the server is stopping);
+    /// writes still work until [`Catalog::shutdown`].
+    pub fn begin_shutdown(&self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        self.shared.revision_tx.send_modify(|_| {});
+    }
+
+    /// Whether [`Catalog::begin_shutdown`] was called.
+    pub fn is_stopping(&self) -> bool {
+        self.shared.stopping.load(Ordering::SeqCst)
+    }
+
     /// Stops accepting writes, lets the committer finish what is queued, and waits for it.
     pub fn shutdown(&self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        let timer = self
+            .lease_timer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(timer) = timer {
+            let _ = timer.join();
+        }
         self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
         let handle = self
             .committer
@@ -259,6 +498,11 @@ impl Catalog {
         if let Some(handle) = handle {
             let _ = handle.join();
         }
+    }
+
+    /// The revision of the last change that could affect this query's answer.
+    pub fn scope_revision(&self, query: &Query) -> u64 {
+        read_lock(&self.shared.registry).scope_revision(query)
     }
 
     /// One instance.
@@ -396,9 +640,66 @@ impl Shared {
         }
     }
 
+    /// Decides which lease writes are due at `now` (without holding any lock while writing)
+    /// and when the next timer fires.
+    fn plan_expiry(&self, now: u64) -> (Vec<Mutation>, Option<u64>) {
+        let mut due = Vec::new();
+        let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(Reverse((at, _, _, _))) = leases.timers.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((at, action, id, lease))) = leases.timers.pop() else {
+                break;
+            };
+            if leases.deadlines.get(&id) != Some(&lease) {
+                continue; // renewed or removed since this timer was set
+            }
+            match action {
+                LeaseAction::Expire => {
+                    due.push(Mutation::SetHealth {
+                        id: id.clone(),
+                        health: Health::Critical,
+                    });
+                    if let Some(after) = self.settings.deregister_after_ms {
+                        leases.timers.push(Reverse((
+                            at.saturating_add(after),
+                            LeaseAction::Remove,
+                            id,
+                            lease,
+                        )));
+                    }
+                }
+                LeaseAction::Remove => due.push(Mutation::Deregister(id)),
+            }
+        }
+        let next = leases.timers.peek().map(|Reverse((at, ..))| *at);
+        (due, next)
+    }
+
+    fn expire_due(&self, now: u64, writer: &mpsc::Sender<WriteRequest>) -> Option<u64> {
+        let (due, next) = self.plan_expiry(now);
+        for mutation in due {
+            let (tx, rx) = oneshot::channel();
+            if writer
+                .send(WriteRequest {
+                    mutations: vec![mutation],
+                    reply: tx,
+                })
+                .is_err()
+            {
+                break;
+            }
+            let _ = rx.blocking_recv();
+        }
+        next
+    }
+
     fn commit_batch(&self, batch: Vec<WriteRequest>) {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let mut changes: Vec<Change> = Vec::new();
+        let mut events: Vec<Event> = Vec::new();
+        let mut lease_updates: Vec<(String, Option<u64>)> = Vec::new();
         let mut accepted: Vec<Accepted> = Vec::new();
         let revision = {
             let registry = read_lock(&self.registry);
@@ -411,16 +712,26 @@ impl Shared {
                 let start_live = live;
                 let mut local: HashMap<String, Option<Arc<Instance>>> = HashMap::new();
                 let mut local_changes = Vec::new();
+                let mut local_events = Vec::new();
+                let mut local_leases = Vec::new();
                 let mut states = Vec::with_capacity(request.mutations.len());
                 let mut failure = None;
                 for mutation in request.mutations {
                     let id = mutation.id().to_string();
+                    let renews = matches!(mutation, Mutation::Register(_) | Mutation::Renew(_));
                     let current: Option<Arc<Instance>> = match local.get(&id).or(overlay.get(&id)) {
                         Some(state) => state.clone(),
                         None => registry.get(&id).cloned(),
                     };
                     match resolve(current.as_ref(), mutation, revision + 1, now) {
-                        Ok(None) => states.push(current),
+                        Ok(None) => {
+                            // An unchanged registration or a renewal still restarts a lease.
+                            let ttl = current.as_ref().and_then(|i| i.fields.ttl_ms);
+                            if let (true, Some(ttl)) = (renews, ttl) {
+                                local_leases.push((id, Some(now.saturating_add(ttl))));
+                            }
+                            states.push(current);
+                        }
                         Ok(Some(change)) => {
                             let state = match &change {
                                 Change::Put(instance) => Some(Arc::clone(instance)),
@@ -440,6 +751,14 @@ impl Shared {
                                 break;
                             }
                             revision += 1;
+                            let had_lease =
+                                current.as_ref().is_some_and(|i| i.fields.ttl_ms.is_some());
+                            let ttl = state.as_ref().and_then(|i| i.fields.ttl_ms);
+                            if (renews || state.is_none()) && (had_lease || ttl.is_some()) {
+                                local_leases
+                                    .push((id.clone(), ttl.map(|ttl| now.saturating_add(ttl))));
+                            }
+                            local_events.extend(Event::describe(current.as_ref(), &change));
                             local.insert(id, state.clone());
                             local_changes.push(change);
                             states.push(state);
@@ -459,6 +778,8 @@ impl Shared {
                 let changed = local_changes.len();
                 overlay.extend(local);
                 changes.extend(local_changes);
+                events.extend(local_events);
+                lease_updates.extend(local_leases);
                 accepted.push(Accepted {
                     reply: request.reply,
                     states,
@@ -468,8 +789,15 @@ impl Shared {
             }
             revision
         };
-        if !changes.is_empty() {
-            if let Err(error) = self.store.commit(&changes, revision) {
+        if !changes.is_empty() || !lease_updates.is_empty() {
+            let batch = Batch {
+                changes: &changes,
+                events: &events,
+                leases: &lease_updates,
+                revision,
+                event_retention: self.settings.event_retention,
+            };
+            if let Err(error) = self.store.commit(&batch) {
                 tracing::error!(%error, "commit failed; the batch was not applied");
                 let message = error.to_string();
                 for request in accepted {
@@ -482,12 +810,26 @@ impl Shared {
                 return;
             }
             self.commits.fetch_add(1, Ordering::Relaxed);
-            let mut registry = self.registry.write().unwrap_or_else(|p| p.into_inner());
-            for change in changes {
-                registry.apply(change);
+            if !lease_updates.is_empty() {
+                let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+                for (id, deadline) in &lease_updates {
+                    leases.set(id, *deadline);
+                }
             }
-            drop(registry);
-            self.revision_tx.send_replace(revision);
+            if !changes.is_empty() {
+                let mut registry = self.registry.write().unwrap_or_else(|p| p.into_inner());
+                for change in changes {
+                    registry.apply(change);
+                }
+                drop(registry);
+                let mut retained = self.events.lock().unwrap_or_else(|p| p.into_inner());
+                retained.extend(events);
+                while retained.len() as u64 > self.settings.event_retention {
+                    retained.pop_front();
+                }
+                drop(retained);
+                self.revision_tx.send_replace(revision);
+            }
         }
         for request in accepted {
             let revision = if request.changed > 0 {
@@ -504,5 +846,7 @@ impl Shared {
     }
 }
 
+#[cfg(test)]
+mod lease_tests;
 #[cfg(test)]
 mod tests;

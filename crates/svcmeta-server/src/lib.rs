@@ -7,12 +7,16 @@
 pub mod api;
 pub mod catalog;
 pub mod metrics;
+pub mod watch;
 
 use std::future::Future;
 use std::sync::Arc;
 
 pub use api::{app, AppState, ServerSettings};
-pub use catalog::{Catalog, CatalogSettings, QueuedWrite, WriteError, WriteOutcome};
+pub use catalog::{
+    Catalog, CatalogSettings, Clock, HistoryTrimmed, ManualClock, QueuedWrite, SystemClock,
+    WriteError, WriteOutcome,
+};
 
 /// Serves the application on `listener` until `shutdown` resolves, then drains.
 pub async fn run(
@@ -21,8 +25,13 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let catalog = Arc::clone(&state.catalog);
+    let closing = Arc::clone(&state.catalog);
     let served = axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            // Parked blocking reads answer now and event streams end, so draining is quick.
+            closing.begin_shutdown();
+        })
         .await;
     // Every acknowledged write is already durable; this finishes anything still queued.
     tokio::task::spawn_blocking(move || catalog.shutdown())

@@ -1,9 +1,10 @@
 //! The embedded store: one redb file in the data directory, written by one process.
 //!
-//! Tables: `instances` (id → record, see `codec.rs`) and `meta` (`revision` → the newest
-//! revision written, `format` → the file format version). Every commit writes its changes and
-//! the new revision in one durable transaction, so a crash leaves either all of a batch or
-//! none of it. redb takes an exclusive file lock, so a second process gets
+//! Tables: `instances` (id → record, see `codec.rs`), `events` (revision → change event, the
+//! retained history for resumable watches), `leases` (id → lease deadline in Unix ms) and `meta`
+//! (`revision` → the newest revision written, `format` → the file format version). Every commit
+//! writes its changes, events, leases and the new revision in one durable transaction, so a
+//! crash leaves either all of a batch or none of it. redb takes an exclusive file lock, so a second process gets
 //! [`StoreError::Locked`] instead of sharing the file.
 
 use std::path::{Path, PathBuf};
@@ -16,10 +17,12 @@ use svcmeta_core::{Change, Instance};
 
 use crate::codec;
 use crate::error::StoreError;
-use crate::Snapshot;
+use crate::{Batch, Snapshot};
 
 const INSTANCES: TableDefinition<&str, &[u8]> = TableDefinition::new("instances");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+const LEASES: TableDefinition<&str, u64> = TableDefinition::new("leases");
 const REVISION_KEY: &str = "revision";
 const FORMAT_KEY: &str = "format";
 /// The file format this build writes and reads.
@@ -88,6 +91,8 @@ impl EmbeddedStore {
                 }
             }
             txn.open_table(INSTANCES).map_err(StoreError::database)?;
+            txn.open_table(EVENTS).map_err(StoreError::database)?;
+            txn.open_table(LEASES).map_err(StoreError::database)?;
         }
         txn.commit().map_err(StoreError::database)
     }
@@ -108,6 +113,18 @@ impl EmbeddedStore {
             let (key, value) = entry.map_err(StoreError::database)?;
             instances.push(codec::decode(key.value(), value.value())?);
         }
+        let mut events = Vec::new();
+        let table = txn.open_table(EVENTS).map_err(StoreError::database)?;
+        for entry in table.iter().map_err(StoreError::database)? {
+            let (key, value) = entry.map_err(StoreError::database)?;
+            events.push(codec::decode_event(key.value(), value.value())?);
+        }
+        let mut leases = Vec::new();
+        let table = txn.open_table(LEASES).map_err(StoreError::database)?;
+        for entry in table.iter().map_err(StoreError::database)? {
+            let (key, value) = entry.map_err(StoreError::database)?;
+            leases.push((key.value().to_string(), value.value()));
+        }
         // A record can never be newer than the revision stored with it, but be robust.
         let newest = instances
             .iter()
@@ -117,15 +134,18 @@ impl EmbeddedStore {
         Ok(Snapshot {
             instances,
             revision: revision.max(newest),
+            events,
+            leases,
         })
     }
 
-    /// Writes a batch of changes and the new revision in one durable transaction.
-    pub fn commit(&self, changes: &[Change], revision: u64) -> Result<(), StoreError> {
+    /// Writes a batch (changes, events, lease deadlines, revision) in one durable transaction,
+    /// and drops events older than the retention.
+    pub fn commit(&self, batch: &Batch<'_>) -> Result<(), StoreError> {
         let txn = self.database.begin_write().map_err(StoreError::database)?;
         {
             let mut table = txn.open_table(INSTANCES).map_err(StoreError::database)?;
-            for change in changes {
+            for change in batch.changes {
                 match change {
                     Change::Put(instance) => {
                         let record = codec::encode(instance);
@@ -138,8 +158,36 @@ impl EmbeddedStore {
                     }
                 }
             }
+            let mut events = txn.open_table(EVENTS).map_err(StoreError::database)?;
+            for event in batch.events {
+                let record = codec::encode_event(event);
+                events
+                    .insert(event.revision, record.as_slice())
+                    .map_err(StoreError::database)?;
+            }
+            if let Some(newest) = batch.events.last() {
+                let floor = newest.revision.saturating_sub(batch.event_retention);
+                if floor > 0 {
+                    events
+                        .retain_in(..floor, |_, _| false)
+                        .map_err(StoreError::database)?;
+                }
+            }
+            let mut leases = txn.open_table(LEASES).map_err(StoreError::database)?;
+            for (id, deadline) in batch.leases {
+                match deadline {
+                    Some(deadline) => {
+                        leases
+                            .insert(id.as_str(), *deadline)
+                            .map_err(StoreError::database)?;
+                    }
+                    None => {
+                        leases.remove(id.as_str()).map_err(StoreError::database)?;
+                    }
+                }
+            }
             let mut meta = txn.open_table(META).map_err(StoreError::database)?;
-            meta.insert(REVISION_KEY, revision)
+            meta.insert(REVISION_KEY, batch.revision)
                 .map_err(StoreError::database)?;
         }
         txn.commit().map_err(StoreError::database)

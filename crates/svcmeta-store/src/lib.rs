@@ -11,18 +11,37 @@ mod error;
 
 use std::path::Path;
 
-use svcmeta_core::{Change, Instance};
+use svcmeta_core::{Change, Event, Instance};
 
 pub use embedded::{EmbeddedStore, DATABASE_FILE};
 pub use error::StoreError;
 
-/// Everything a store holds: the instances and the newest revision written.
+/// Everything a store holds.
 #[derive(Debug, Default)]
 pub struct Snapshot {
     /// Every stored instance, in no particular order.
     pub instances: Vec<Instance>,
     /// The newest revision written (0 for an empty store).
     pub revision: u64,
+    /// The retained change events, oldest first.
+    pub events: Vec<Event>,
+    /// Lease deadlines (instance id, Unix ms).
+    pub leases: Vec<(String, u64)>,
+}
+
+/// One atomic write: sequenced changes, their events, lease updates and the new revision.
+#[derive(Debug, Clone, Copy)]
+pub struct Batch<'a> {
+    /// The changes, in revision order.
+    pub changes: &'a [Change],
+    /// One event per change, in revision order.
+    pub events: &'a [Event],
+    /// Lease deadlines to set (`Some`) or clear (`None`).
+    pub leases: &'a [(String, Option<u64>)],
+    /// The newest revision (the current one when the batch has no change).
+    pub revision: u64,
+    /// How many of the newest events to keep.
+    pub event_retention: u64,
 }
 
 /// A storage backend.
@@ -56,12 +75,11 @@ impl Store {
         }
     }
 
-    /// Durably writes a batch of sequenced changes; `revision` is the newest among them (or
-    /// the current revision when the batch is empty).
-    pub fn commit(&self, changes: &[Change], revision: u64) -> Result<(), StoreError> {
+    /// Durably writes a batch, all or nothing.
+    pub fn commit(&self, batch: &Batch<'_>) -> Result<(), StoreError> {
         match self {
             Store::Memory => Ok(()),
-            Store::Embedded(store) => store.commit(changes, revision),
+            Store::Embedded(store) => store.commit(batch),
         }
     }
 }

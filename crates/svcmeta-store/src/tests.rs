@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use svcmeta_core::{validate, Change, Health, Instance, InstanceDraft, Limits};
+use svcmeta_core::{validate, Change, Event, Health, Instance, InstanceDraft, Limits};
 
 use super::*;
 
@@ -30,6 +30,19 @@ fn instance(id: &str, revision: u64) -> Arc<Instance> {
     })
 }
 
+fn changes(changes: &[Change], events: &[Event], revision: u64) -> Batch<'static> {
+    // Leaked so the batch can borrow for 'static in a test; tiny and test-only.
+    let changes: &'static [Change] = Box::leak(changes.to_vec().into_boxed_slice());
+    let events: &'static [Event] = Box::leak(events.to_vec().into_boxed_slice());
+    Batch {
+        changes,
+        events,
+        leases: &[],
+        revision,
+        event_retention: 1000,
+    }
+}
+
 fn temp_dir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("svcmeta-store-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -42,20 +55,22 @@ fn embedded_round_trip_keeps_instances_and_revision() {
     {
         let store = Store::open_embedded(&dir).unwrap();
         store
-            .commit(
+            .commit(&changes(
                 &[Change::Put(instance("a", 1)), Change::Put(instance("b", 2))],
+                &[],
                 2,
-            )
+            ))
             .unwrap();
         store
-            .commit(
+            .commit(&changes(
                 &[Change::Remove {
                     id: "a".into(),
                     revision: 3,
                     service: "web".into(),
                 }],
+                &[],
                 3,
-            )
+            ))
             .unwrap();
     }
     let store = Store::open_embedded(&dir).unwrap();
@@ -100,8 +115,36 @@ fn corrupt_records_are_reported_with_their_key() {
 #[test]
 fn memory_store_keeps_nothing() {
     let store = Store::Memory;
-    store.commit(&[Change::Put(instance("a", 1))], 1).unwrap();
+    store
+        .commit(&changes(&[Change::Put(instance("a", 1))], &[], 1))
+        .unwrap();
     let snapshot = store.load().unwrap();
     assert!(snapshot.instances.is_empty());
     assert_eq!(snapshot.revision, 0);
+}
+
+#[test]
+fn events_and_leases_survive_a_reopen_and_old_events_are_trimmed() {
+    let dir = temp_dir("events");
+    {
+        let store = Store::open_embedded(&dir).unwrap();
+        for revision in 1..=10u64 {
+            let put = Change::Put(instance("a", revision));
+            let event = Event::describe(None, &put).unwrap();
+            let mut batch = changes(&[put], &[event], revision);
+            batch.event_retention = 4;
+            let leases = vec![("a".to_string(), Some(1_000 + revision))];
+            batch.leases = Box::leak(leases.into_boxed_slice());
+            store.commit(&batch).unwrap();
+        }
+    }
+    let snapshot = Store::open_embedded(&dir).unwrap().load().unwrap();
+    let revisions: Vec<u64> = snapshot.events.iter().map(|e| e.revision).collect();
+    assert_eq!(
+        revisions,
+        vec![6, 7, 8, 9, 10],
+        "events older than the retention are dropped"
+    );
+    assert_eq!(snapshot.leases, vec![("a".to_string(), 1_010)]);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -44,6 +44,8 @@ pub(crate) enum Command {
     },
     /// Find instances matching every given criterion.
     Query(QueryArgs),
+    /// Print changes to matching instances as they happen (needs --server).
+    Watch(WatchArgs),
     /// List services with their instance counts.
     Services {
         /// Output format.
@@ -106,9 +108,9 @@ pub(crate) enum Output {
     Ids,
 }
 
-/// Options of `query`.
+/// The criteria of a query or a watch.
 #[derive(Debug, Args)]
-pub(crate) struct QueryArgs {
+pub(crate) struct Criteria {
     /// Service name (case-insensitive).
     #[arg(long)]
     pub(crate) service: Option<String>,
@@ -139,6 +141,14 @@ pub(crate) struct QueryArgs {
     /// Filter expression (Consul syntax).
     #[arg(long)]
     pub(crate) filter: Option<String>,
+}
+
+/// Options of `query`.
+#[derive(Debug, Args)]
+pub(crate) struct QueryArgs {
+    /// What to match.
+    #[command(flatten)]
+    pub(crate) criteria: Criteria,
     /// Print only the number of matches.
     #[arg(long)]
     pub(crate) count: bool,
@@ -151,4 +161,21 @@ pub(crate) struct QueryArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Output::Table)]
     pub(crate) output: Output,
+}
+
+/// Options of `watch`.
+#[derive(Debug, Args)]
+pub(crate) struct WatchArgs {
+    /// What to watch.
+    #[command(flatten)]
+    pub(crate) criteria: Criteria,
+    /// Replay changes after this revision first (default: only new changes).
+    #[arg(long)]
+    pub(crate) since: Option<u64>,
+    /// Output format (`table` prints one line per change, `json` one JSON event per line).
+    #[arg(long, value_enum, default_value_t = Output::Table)]
+    pub(crate) output: Output,
+    /// Stop after this many changes (default: run until interrupted).
+    #[arg(long)]
+    pub(crate) max_events: Option<u64>,
 }

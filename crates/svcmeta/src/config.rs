@@ -34,8 +34,8 @@ impl StoreKind {
 }
 
 /// The file's contents. Some settings (`redis_url`, `node_name`, `datacenter`, `[features]`,
-/// `[acl]`, `max_filter_len`) belong to features that are not built yet; they are accepted so
-/// that one configuration file works across releases, and are not read.
+/// `[acl]`) belong to features that are not built yet; they are accepted so that one
+/// configuration file works across releases, and are not read.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)]
@@ -248,9 +248,13 @@ impl Config {
             }
             None => 60_000,
         };
-        if let Some(text) = &raw.ttl.deregister_after {
-            parse_duration_ms(text).map_err(|e| anyhow::anyhow!("[ttl] deregister_after: {e}"))?;
-        }
+        let deregister_after_ms = match &raw.ttl.deregister_after {
+            Some(text) => Some(
+                parse_duration_ms(text)
+                    .map_err(|e| anyhow::anyhow!("[ttl] deregister_after: {e}"))?,
+            ),
+            None => None,
+        };
         let mut catalog = CatalogSettings::standard();
         catalog.limits = limits;
         if let Some(v) = raw_limits.max_instances {
@@ -261,6 +265,7 @@ impl Config {
             catalog.cache_max_entries = v;
         }
         catalog.cache_ttl_ms = cache_ttl_ms;
+        catalog.deregister_after_ms = deregister_after_ms;
 
         let mut server = ServerSettings::standard();
         if let Some(v) = raw_limits.max_body_bytes {
@@ -335,6 +340,9 @@ mod tests {
             Some(vec!["prod".to_string()])
         );
         assert_eq!(config.catalog.limits.required, vec![RequiredField::Version]);
+        assert_eq!(config.catalog.deregister_after_ms, None);
+        let config = parse("[ttl]\nderegister_after = \"90s\"").unwrap();
+        assert_eq!(config.catalog.deregister_after_ms, Some(90_000));
     }
 
     #[test]

@@ -58,6 +58,7 @@ fn run(cli: Cli) -> Result<(), CommandError> {
                 Command::Register { file } => cmd::register(&backend, file),
                 Command::Deregister { id } => cmd::deregister(&backend, id),
                 Command::Query(args) => cmd::query::run(&backend, args),
+                Command::Watch(args) => cmd::watch::run(&backend, args),
                 Command::Services { output } => cmd::services(&backend, *output),
                 Command::Stats { output } => cmd::stats(&backend, *output),
                 Command::Serve(_) | Command::Gen { .. } => Ok(()),

@@ -14,6 +14,16 @@ use serde::Serialize;
 use crate::model::{Health, Instance};
 use crate::version::VersionCriterion;
 
+mod filter;
+#[cfg(test)]
+mod filter_tests;
+mod parse;
+
+pub use filter::{
+    plan_filter, query_with_filter, Filter, Match, NodeInfo, Op, Pattern, Selector, Value,
+};
+pub use parse::{is_blank, parse_filter, FilterError, FilterErrorKind, FilterLimits};
+
 /// A meta criterion: `meta.KEY=VALUE` or `meta.KEY` present.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MetaCriterion {
@@ -44,6 +54,9 @@ pub struct Query {
     pub meta: Vec<(String, MetaCriterion)>,
     /// Exact health.
     pub health: Option<Health>,
+    /// The residual of a filter expression, checked per candidate after the indexed criteria
+    /// (see `query_with_filter`); evaluated on [`NodeInfo::standalone_ref`].
+    pub filter: Option<Arc<Filter>>,
 }
 
 fn push_field(key: &mut String, name: &str, value: &str) {
@@ -98,6 +111,10 @@ impl Query {
         if let Some(health) = self.health {
             push_field(&mut key, "h", health.as_str());
         }
+        if let Some(filter) = &self.filter {
+            // The canonical text parses back to the same filter, so it is injective.
+            push_field(&mut key, "f", &filter.to_string());
+        }
         key
     }
 
@@ -112,6 +129,7 @@ impl Query {
             && self.tags_none.is_empty()
             && self.meta.is_empty()
             && self.health.is_none()
+            && self.filter.is_none()
     }
 
     /// Checks one instance directly, without indexes: the reference semantics.
@@ -157,6 +175,11 @@ impl Query {
         }
         if let Some(health) = self.health {
             if instance.health != health {
+                return false;
+            }
+        }
+        if let Some(filter) = &self.filter {
+            if !filter.matches(instance, NodeInfo::standalone_ref()) {
                 return false;
             }
         }

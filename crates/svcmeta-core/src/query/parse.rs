@@ -163,8 +163,16 @@ pub fn is_blank(text: &str) -> bool {
 
 /// Parses a filter expression, checking selectors, operators, values and limits.
 ///
-/// A blank text gives a [`FilterErrorKind::Blank`] error (see [`is_blank`]).
+/// A blank text, however long, gives a [`FilterErrorKind::Blank`] error (see [`is_blank`]).
 pub fn parse_filter(text: &str, limits: &FilterLimits) -> Result<Filter, FilterError> {
+    if is_blank(text) {
+        return Err(FilterError::new(
+            text,
+            0,
+            FilterErrorKind::Blank,
+            "empty filter".to_string(),
+        ));
+    }
     if text.len() > limits.max_len {
         return Err(FilterError::new(
             text,
@@ -175,14 +183,6 @@ pub fn parse_filter(text: &str, limits: &FilterLimits) -> Result<Filter, FilterE
                 text.len(),
                 limits.max_len
             ),
-        ));
-    }
-    if is_blank(text) {
-        return Err(FilterError::new(
-            text,
-            0,
-            FilterErrorKind::Blank,
-            "empty filter".to_string(),
         ));
     }
     let tokens = lex(text)?;
@@ -388,7 +388,11 @@ fn unescape(
             })?;
         code = code.saturating_mul(16).saturating_add(digit);
     }
-    char::from_u32(code).ok_or_else(|| bad(format!("escape \"\\{c}{code:X}\" is not a Unicode scalar value")))
+    char::from_u32(code).ok_or_else(|| {
+        bad(format!(
+            "escape \"\\{c}{code:X}\" is not a Unicode scalar value"
+        ))
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -396,8 +400,7 @@ fn unescape(
 // ---------------------------------------------------------------------------------------------
 
 /// The list of what may follow a selector, for errors.
-const AFTER_SELECTOR: &str =
-    "\"==\", \"!=\", \"contains\", \"in\", \"is\", \"matches\" or \"not\"";
+const AFTER_SELECTOR: &str = "\"==\", \"!=\", \"contains\", \"in\", \"is\", \"matches\" or \"not\"";
 
 const SELECTORS: &str = "ID, Service, Address, Port, Tags, Version, Environment, Region, Health, \
      Meta, Meta.KEY, Meta[\"KEY\"], Node, Datacenter, NodeMeta, NodeMeta.KEY, or the Consul names \
@@ -755,7 +758,7 @@ impl<'a> Parser<'a, '_> {
         let selector = if let Some(selector) = plain {
             if rest.is_some() || index.is_some() {
                 return Err(unknown(format!(
-                    ": {head} is a {} and has no fields or keys",
+                    ": {head} is {} and has no fields or keys",
                     selector.kind().name()
                 )));
             }
@@ -766,15 +769,13 @@ impl<'a> Parser<'a, '_> {
                 (None, None) => None,
                 (Some(key), None) if !key.is_empty() => Some(key.to_string()),
                 (Some(_), None) => {
-                    return Err(unknown(format!(
-                        ": write {head}.KEY or {head}[\"KEY\"]"
-                    )))
+                    return Err(unknown(format!(": write {head}.KEY or {head}[\"KEY\"]")))
                 }
                 (None, Some(key)) => Some(key),
                 (Some(_), Some(_)) => {
                     return Err(unknown(format!(
-                        ": a meta value is a string and has no keys; write {head}[\"a.b\"] for key a.b"
-                    )))
+                    ": a meta value is a string and has no keys; write {head}[\"a.b\"] for key a.b"
+                )))
                 }
             };
             match (node, key) {
@@ -815,7 +816,7 @@ impl<'a> Parser<'a, '_> {
                 op_start,
                 FilterErrorKind::InvalidOperator,
                 format!(
-                    "operator \"{}\" is not allowed on {source} (a {}); use {}",
+                    "operator \"{}\" is not allowed on {source} ({}); use {}",
                     written.join(" "),
                     kind.name(),
                     kind.allowed_words()
@@ -911,7 +912,17 @@ mod tests {
         assert_eq!(parse_int("0x1F90"), Some(8080));
         assert_eq!(parse_int("0o17"), Some(15));
         assert_eq!(parse_int("0b101"), Some(5));
-        for bad in ["", "-", "80a", "8080.0", "0x", "0x+5", "1e3", " 1", "99999999999999999999"] {
+        for bad in [
+            "",
+            "-",
+            "80a",
+            "8080.0",
+            "0x",
+            "0x+5",
+            "1e3",
+            " 1",
+            "99999999999999999999",
+        ] {
             assert_eq!(parse_int(bad), None, "{bad:?}");
         }
     }

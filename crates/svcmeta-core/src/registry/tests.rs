@@ -1645,6 +1645,7 @@ fn build_query(spec: &QuerySpec) -> Query {
             })
             .collect(),
         health: spec.health,
+        filter: None,
     }
 }
 

@@ -82,6 +82,9 @@ impl From<WriteError> for ApiError {
     fn from(error: WriteError) -> ApiError {
         match error {
             WriteError::Rejected(MutationError::NotFound(id)) => ApiError::not_found(&id),
+            WriteError::Rejected(no_lease @ MutationError::NoLease(_)) => {
+                ApiError::new(StatusCode::CONFLICT, "no_lease", no_lease.to_string())
+            }
             WriteError::Rejected(full @ MutationError::Full { .. }) => ApiError::new(
                 StatusCode::INSUFFICIENT_STORAGE,
                 "registry_full",

@@ -60,6 +60,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         )
         .route("/api/v1/instances/{id}/renew", put(native::renew_instance))
         .route("/api/v1/services", get(native::list_services))
+        .route("/api/v1/events", get(native::events))
         .route("/api/v1/stats", get(native::stats))
         .route("/healthz", get(native::healthz))
         .route("/metrics", get(native::metrics))

@@ -21,6 +21,7 @@ use svcmeta_core::{
 use super::error::ApiError;
 use super::AppState;
 use crate::metrics::render_prometheus;
+use crate::watch::{parse_blocking, wait_for_change, Blocking};
 
 /// The response header carrying the revision an answer was computed at.
 pub const INDEX_HEADER: &str = "x-svcmeta-index";
@@ -99,11 +100,41 @@ pub(crate) async fn put_instance(
     }
 }
 
-/// `GET /api/v1/instances/{id}`.
+/// Parses the parameters of a read that takes only `index` and `wait`.
+fn blocking_only(raw: Option<&str>) -> Result<Option<Blocking>, ApiError> {
+    let mut index = None;
+    let mut wait = None;
+    for (key, value) in query_pairs(raw.unwrap_or("")) {
+        match key.as_str() {
+            "index" => index = value,
+            "wait" => wait = value,
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter {other:?}"
+                )))
+            }
+        }
+    }
+    parse_blocking(index.as_deref(), wait.as_deref())
+}
+
+/// `GET /api/v1/instances/{id}`; blocks until the instance changes, appears or disappears.
 pub(crate) async fn get_instance(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
+    if let Some(blocking) = blocking_only(raw.as_deref())? {
+        let catalog = &state.catalog;
+        let existed = catalog.get(&id).is_some();
+        wait_for_change(catalog, blocking, || match catalog.get(&id) {
+            Some(instance) if existed => instance.modify_revision,
+            // Appeared or disappeared since the wait began: that is a change.
+            _ if catalog.get(&id).is_some() != existed => u64::MAX,
+            _ => 0,
+        })
+        .await;
+    }
     let revision = state.catalog.revision();
     match state.catalog.get(&id) {
         Some(instance) => Ok(with_index(
@@ -136,26 +167,19 @@ pub(crate) async fn renew_instance(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let Some(instance) = state.catalog.get(&id) else {
-        return Err(ApiError::not_found(&id));
-    };
-    if instance.fields.ttl_ms.is_none() {
-        return Err(ApiError::bad_request(format!(
-            "instance {id:?} has no ttl; register it with a ttl to use leases"
-        )));
-    }
     let outcome = state
         .catalog
-        .write(vec![Mutation::SetHealth {
-            id: id.clone(),
-            health: Health::Passing,
-        }])
+        .write(vec![Mutation::Renew(id.clone())])
         .await?;
     match outcome.states.first().and_then(Option::as_ref) {
-        Some(instance) => Ok(with_index(
-            outcome.revision,
-            Json(InstanceBody { instance }),
-        )),
+        Some(instance) => {
+            let mut body = serde_json::to_value(InstanceBody { instance })
+                .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            if let Some(deadline) = state.catalog.lease_deadline(&id) {
+                body["lease_deadline"] = json!(deadline);
+            }
+            Ok(with_index(outcome.revision, Json(body)))
+        }
         None => Err(ApiError::not_found(&id)),
     }
 }
@@ -236,6 +260,8 @@ pub struct ListRequest {
     pub count: bool,
     /// Include the plan.
     pub explain: bool,
+    /// Hold the request until the answer may differ from the one at this index.
+    pub blocking: Option<Blocking>,
 }
 
 /// Splits a raw query string into decoded pairs, keeping whether a value was given at all.
@@ -268,6 +294,8 @@ pub fn parse_list_request(
 ) -> Result<ListRequest, ApiError> {
     let mut request = ListRequest::default();
     let mut limit = None;
+    let mut index = None;
+    let mut wait = None;
     for (key, value) in pairs {
         let text = value.as_deref().unwrap_or("");
         let single = |slot: &Option<String>| -> Result<(), ApiError> {
@@ -350,8 +378,8 @@ pub fn parse_list_request(
             }
             "count" => request.count = parse_bool("count", value.as_deref())?,
             "explain" => request.explain = parse_bool("explain", value.as_deref())?,
-            // Blocking queries arrive with the change-tracking work; accept and answer at once.
-            "index" | "wait" => {}
+            "index" => index = Some(text.to_string()),
+            "wait" => wait = Some(text.to_string()),
             other => match other.strip_prefix("meta.") {
                 Some(meta_key) if !meta_key.is_empty() => {
                     let criterion = match value {
@@ -369,6 +397,7 @@ pub fn parse_list_request(
         }
     }
     request.page.limit = Some(limit.unwrap_or(max_page));
+    request.blocking = parse_blocking(index.as_deref(), wait.as_deref())?;
     Ok(request)
 }
 
@@ -389,6 +418,10 @@ pub(crate) async fn list_instances(
 ) -> Result<Response, ApiError> {
     let pairs = query_pairs(raw.as_deref().unwrap_or(""));
     let request = parse_list_request(&pairs, state.settings.max_page)?;
+    if let Some(blocking) = request.blocking {
+        let catalog = &state.catalog;
+        wait_for_change(catalog, blocking, || catalog.scope_revision(&request.query)).await;
+    }
     let plan = request
         .explain
         .then(|| state.catalog.explain(&request.query));
@@ -419,16 +452,23 @@ struct ServicesBody<'a> {
     services: &'a [ServiceSummary],
 }
 
-/// `GET /api/v1/services`.
-pub(crate) async fn list_services(State(state): State<Arc<AppState>>) -> Response {
+/// `GET /api/v1/services`; blocks on any change.
+pub(crate) async fn list_services(
+    State(state): State<Arc<AppState>>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    if let Some(blocking) = blocking_only(raw.as_deref())? {
+        let catalog = &state.catalog;
+        wait_for_change(catalog, blocking, || catalog.revision()).await;
+    }
     let (services, revision) = state.catalog.services();
-    with_index(
+    Ok(with_index(
         revision,
         Json(ServicesBody {
             revision,
             services: &services,
         }),
-    )
+    ))
 }
 
 /// The body of `GET /api/v1/stats`.
@@ -497,4 +537,54 @@ pub(crate) async fn method_not_allowed(method: axum::http::Method) -> ApiError {
 /// Fallback for unknown paths.
 pub(crate) async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+/// `GET /api/v1/events?since=N&<criteria>`: server-sent events of every change after
+/// revision N (or the `Last-Event-ID` header; by default from now on) to instances matching
+/// the criteria. History older than what is retained answers 410: the client must re-list.
+pub(crate) async fn events(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let mut since = None;
+    let mut criteria = Vec::new();
+    for (key, value) in query_pairs(raw.as_deref().unwrap_or("")) {
+        if key == "since" {
+            let text = value.unwrap_or_default();
+            since = Some(text.parse::<u64>().map_err(|_| {
+                ApiError::bad_request(format!("since: {text:?} is not a revision"))
+            })?);
+        } else {
+            criteria.push((key, value));
+        }
+    }
+    let since = match since {
+        Some(since) => since,
+        None => match headers
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            Some(last) => last,
+            None => state.catalog.revision(),
+        },
+    };
+    let request = parse_list_request(&criteria, state.settings.max_page)?;
+    if request.blocking.is_some() || request.count || request.explain {
+        return Err(ApiError::bad_request(
+            "events take only since and query criteria (service, env, tag, …)",
+        ));
+    }
+    if let Err(trimmed) = state.catalog.events_since(since) {
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            "history_trimmed",
+            trimmed.to_string(),
+        ));
+    }
+    let stream = crate::watch::event_stream(Arc::clone(&state.catalog), since, request.query);
+    Ok(axum::response::sse::Sse::new(stream)
+        .keep_alive(axum::response::sse::KeepAlive::default())
+        .into_response())
 }

@@ -13,6 +13,7 @@ mod bulk;
 mod concurrency;
 mod endpoints;
 mod instances;
+mod live;
 mod queries;
 mod support;
 mod validation;

@@ -154,6 +154,11 @@ impl Server {
         }
     }
 
+    /// The server's base URL (`http://127.0.0.1:PORT`).
+    pub(crate) fn base(&self) -> &str {
+        &self.base
+    }
+
     /// The catalog behind the server (for setup that HTTP cannot do, and for checks).
     pub(crate) fn catalog(&self) -> &Catalog {
         &self.state.catalog

@@ -3,6 +3,7 @@
 pub(crate) mod import;
 pub(crate) mod query;
 pub(crate) mod serve;
+pub(crate) mod watch;
 
 use std::io::{Read, Write};
 

@@ -4,10 +4,10 @@ use anyhow::Context;
 use serde_json::{json, Value};
 
 use crate::backend::{Backend, CommandError};
-use crate::cli::{Output, QueryArgs};
+use crate::cli::{Criteria, Output, QueryArgs};
 
 /// Turns the flags into the same parameters the HTTP API takes.
-pub(crate) fn pairs(args: &QueryArgs) -> Vec<(String, Option<String>)> {
+pub(crate) fn pairs(args: &Criteria) -> Vec<(String, Option<String>)> {
     let mut pairs: Vec<(String, Option<String>)> = Vec::new();
     let mut push = |key: &str, value: &str| pairs.push((key.to_string(), Some(value.to_string())));
     if let Some(v) = &args.service {
@@ -48,7 +48,7 @@ pub(crate) fn pairs(args: &QueryArgs) -> Vec<(String, Option<String>)> {
 
 /// Runs the query, following cursors until `--limit` or the end.
 pub(crate) fn run(backend: &Backend, args: &QueryArgs) -> Result<(), CommandError> {
-    let base = pairs(args);
+    let base = pairs(&args.criteria);
     if args.count {
         let mut request = base.clone();
         request.push(("count".into(), Some("true".into())));
