@@ -188,8 +188,7 @@ impl Backend {
     pub(crate) fn list(&self, pairs: &[(String, Option<String>)]) -> Result<Value, CommandError> {
         match self {
             Backend::Local(state) => {
-                let request =
-                    parse_list_request(pairs, state.settings.max_page).map_err(rejected)?;
+                let request = parse_list_request(pairs, &state.settings).map_err(rejected)?;
                 let plan = request
                     .explain
                     .then(|| state.catalog.explain(&request.query));

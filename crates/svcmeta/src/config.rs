@@ -61,7 +61,6 @@ struct RawConfig {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)]
 struct RawLimits {
     max_tags: Option<usize>,
     max_tag_len: Option<usize>,
@@ -270,6 +269,9 @@ impl Config {
         let mut server = ServerSettings::standard();
         if let Some(v) = raw_limits.max_body_bytes {
             server.max_body_bytes = v;
+        }
+        if let Some(v) = raw_limits.max_filter_len {
+            server.filter_limits.max_len = v;
         }
         if let Some(v) = raw_limits.max_page {
             if v == 0 {

@@ -976,3 +976,64 @@ fn a_closed_stdout_is_not_a_panic() {
         assert_ne!(status.code(), Some(101), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn query_filter_and_watch_through_a_running_server() {
+    let Some(folder) = real_data() else { return };
+    let bookinfo = folder.join("k8s-bookinfo.yaml");
+    let temp = TempDir::new("filter-watch");
+    let data = temp.join("data");
+    let server = ServerProcess::start(&data, &temp);
+    let target = Target::Server(&server.url);
+    target.import(temp.path(), &bookinfo).ok();
+    let ids = target
+        .run(
+            temp.path(),
+            &[
+                "query",
+                "--filter",
+                r#"Version == "v2" or Service == "ratings""#,
+                "--output",
+                "ids",
+            ],
+        )
+        .ok();
+    assert_eq!(
+        ids.lines(),
+        ["default:ratings-v1-0", "default:reviews-v2-0"]
+    );
+    let bad = target.run(temp.path(), &["query", "--filter", "Service =="]);
+    assert_eq!(bad.code(), Some(1), "{bad:#?}");
+    assert!(bad.stderr.contains("filter: 1:"), "{bad:#?}");
+
+    // `watch --since 0` replays history: the six registrations, in revision order.
+    let watched = target
+        .run(
+            temp.path(),
+            &[
+                "watch",
+                "--since",
+                "0",
+                "--service",
+                "reviews",
+                "--max-events",
+                "3",
+                "--output",
+                "ids",
+            ],
+        )
+        .ok();
+    assert_eq!(
+        watched.lines(),
+        [
+            "default:reviews-v1-0",
+            "default:reviews-v2-0",
+            "default:reviews-v3-0"
+        ]
+    );
+    // Without a server there is nothing to watch.
+    let local = run(temp.path(), &["--data-dir", "elsewhere", "watch"]);
+    assert_eq!(local.code(), Some(1));
+    assert!(local.stderr.contains("--server"), "{local:#?}");
+    assert!(server.terminate().success());
+}

@@ -22,6 +22,8 @@ pub struct ServerSettings {
     pub max_page: usize,
     /// How many values per dimension `stats` lists.
     pub stats_top: usize,
+    /// Limits on filter expressions (length, nesting, regex size).
+    pub filter_limits: svcmeta_core::FilterLimits,
 }
 
 impl ServerSettings {
@@ -31,6 +33,7 @@ impl ServerSettings {
             max_body_bytes: 16 * 1024 * 1024,
             max_page: 1000,
             stats_top: 10,
+            filter_limits: svcmeta_core::FilterLimits::standard(),
         }
     }
 }

@@ -14,12 +14,12 @@ use axum::Json;
 use serde::Serialize;
 use serde_json::json;
 use svcmeta_core::{
-    validate, Cursor, Health, Instance, InstanceDraft, MetaCriterion, Mutation, Page, PlanStep,
-    Query, ServiceSummary, ValidationErrors, VersionCriterion,
+    query_with_filter, validate, Cursor, Health, Instance, InstanceDraft, MetaCriterion, Mutation,
+    Page, PlanStep, Query, ServiceSummary, ValidationErrors, VersionCriterion,
 };
 
 use super::error::ApiError;
-use super::AppState;
+use super::{AppState, ServerSettings};
 use crate::metrics::render_prometheus;
 use crate::watch::{parse_blocking, wait_for_change, Blocking};
 
@@ -290,8 +290,10 @@ fn parse_bool(name: &str, value: Option<&str>) -> Result<bool, ApiError> {
 /// Parses the parameters of `GET /api/v1/instances`.
 pub fn parse_list_request(
     pairs: &[(String, Option<String>)],
-    max_page: usize,
+    settings: &ServerSettings,
 ) -> Result<ListRequest, ApiError> {
+    let max_page = settings.max_page;
+    let mut filter: Option<String> = None;
     let mut request = ListRequest::default();
     let mut limit = None;
     let mut index = None;
@@ -352,11 +354,12 @@ pub fn parse_list_request(
                 })?);
             }
             "filter" => {
-                if !text.is_empty() {
+                if filter.is_some() {
                     return Err(ApiError::bad_request(
-                        "filter: filter expressions are not supported by this version",
+                        "filter: given more than once; combine with and",
                     ));
                 }
+                filter = Some(text.to_string());
             }
             "limit" => {
                 let parsed: usize = text.parse().map_err(|_| {
@@ -398,6 +401,11 @@ pub fn parse_list_request(
     }
     request.page.limit = Some(limit.unwrap_or(max_page));
     request.blocking = parse_blocking(index.as_deref(), wait.as_deref())?;
+    if let Some(text) = filter {
+        // Indexable parts of the expression join the criteria; the rest is checked per match.
+        request.query = query_with_filter(request.query, &text, &settings.filter_limits)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    }
     Ok(request)
 }
 
@@ -417,7 +425,7 @@ pub(crate) async fn list_instances(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let pairs = query_pairs(raw.as_deref().unwrap_or(""));
-    let request = parse_list_request(&pairs, state.settings.max_page)?;
+    let request = parse_list_request(&pairs, &state.settings)?;
     if let Some(blocking) = request.blocking {
         let catalog = &state.catalog;
         wait_for_change(catalog, blocking, || catalog.scope_revision(&request.query)).await;
@@ -570,7 +578,7 @@ pub(crate) async fn events(
             None => state.catalog.revision(),
         },
     };
-    let request = parse_list_request(&criteria, state.settings.max_page)?;
+    let request = parse_list_request(&criteria, &state.settings)?;
     if request.blocking.is_some() || request.count || request.explain {
         return Err(ApiError::bad_request(
             "events take only since and query criteria (service, env, tag, …)",

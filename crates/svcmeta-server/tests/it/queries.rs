@@ -401,3 +401,93 @@ fn every_read_carries_the_revision_in_its_header() {
     assert_eq!(cached.index, Some(revision + 1));
     assert_eq!(cached.json["revision"].as_u64(), Some(revision + 1));
 }
+
+#[test]
+fn filter_expressions_narrow_the_criteria_and_explain_shows_the_residual() {
+    let server = fixture();
+    let check = |pairs: Pairs<'_>, expected: &[&str]| {
+        assert_eq!(server.list_ids(&pairs), expected, "{pairs:?}");
+    };
+    check(
+        vec![("filter", Some(r#"Environment == "prod""#))],
+        &["q4", "q1", "q2"],
+    );
+    // Case-sensitive inside a filter: only the instance spelled `Web`.
+    check(vec![("filter", Some(r#"Service == "Web""#))], &["q2"]);
+    check(
+        vec![
+            ("service", Some("web")),
+            ("filter", Some(r#""canary" in Tags"#)),
+        ],
+        &["q3"],
+    );
+    check(
+        vec![(
+            "filter",
+            Some(r#"Meta["user.name"] == "carol" or Meta.team == "edge""#),
+        )],
+        &["q4", "q2"],
+    );
+    check(vec![("filter", Some(r#"Meta.absent matches "x""#))], &[]);
+    check(
+        vec![(
+            "filter",
+            Some(r#"not (Tags contains "a") and Version matches "^2""#),
+        )],
+        &["q3"],
+    );
+    check(
+        vec![("filter", Some("Region == `eu-west-1` and Port == 0"))],
+        &["q4", "q1", "q3"],
+    );
+
+    let explained = server
+        .list(&[
+            (
+                "filter",
+                Some(r#"Environment == "prod" and Meta.team matches "^c""#),
+            ),
+            ("explain", Some("true")),
+        ])
+        .expect(200);
+    let steps: Vec<String> = explained.json["plan"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["criterion"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        steps[0], "env=prod",
+        "the indexable part is answered by the index"
+    );
+    assert!(steps.last().unwrap().starts_with("filter "), "{steps:?}");
+    assert_eq!(explained.ids(), ["q1"]);
+}
+
+#[test]
+fn a_bad_filter_is_a_400_with_the_position() {
+    let server = fixture();
+    for (filter, fragment) in [
+        ("Service ==", "1:11"),
+        ("Nope == 1", "unknown selector"),
+        ("Port == \"80a\"", "Port"),
+        ("Tags == \"a\"", "Tags"),
+        ("Meta.team matches \"(\"", "regular expression"),
+    ] {
+        let reply = server
+            .list(&[("filter", Some(filter))])
+            .expect_error(400, "invalid_request");
+        assert!(
+            reply
+                .message()
+                .to_lowercase()
+                .contains(&fragment.to_lowercase()),
+            "{filter}: {}",
+            reply.message()
+        );
+    }
+    let deep = "(".repeat(10_000);
+    server
+        .list(&[("filter", Some(deep.as_str()))])
+        .expect_error(400, "invalid_request");
+}
