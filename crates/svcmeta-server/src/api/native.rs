@@ -503,11 +503,18 @@ pub fn stats_body(state: &AppState) -> serde_json::Value {
     })
 }
 
-/// `GET /api/v1/stats`.
-pub(crate) async fn stats(State(state): State<Arc<AppState>>) -> Response {
+/// `GET /api/v1/stats`; blocks on any change.
+pub(crate) async fn stats(
+    State(state): State<Arc<AppState>>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    if let Some(blocking) = blocking_only(raw.as_deref())? {
+        let catalog = &state.catalog;
+        wait_for_change(catalog, blocking, || catalog.revision()).await;
+    }
     let body = stats_body(&state);
     let revision = body["revision"].as_u64().unwrap_or(0);
-    with_index(revision, Json(body))
+    Ok(with_index(revision, Json(body)))
 }
 
 /// `GET /healthz`.
