@@ -333,10 +333,21 @@ impl Registry {
         self.revision = self.revision.max(revision);
     }
 
+    /// Adds a stored instance while loading (no change event, no copy): the fast path of a
+    /// restart. The revision rises to the instance's own.
+    pub fn load(&mut self, instance: Instance) {
+        let revision = instance.modify_revision;
+        self.put_owned(instance, revision);
+        self.revision = self.revision.max(revision);
+    }
+
     fn put(&mut self, instance: Arc<Instance>, revision: u64) {
         // The stored copy gets the index's interned strings; the caller's copy is untouched.
-        let mut stored = Instance::clone(&instance);
-        let slot = match self.by_id.get(instance.id()) {
+        self.put_owned(Instance::clone(&instance), revision);
+    }
+
+    fn put_owned(&mut self, mut stored: Instance, revision: u64) {
+        let slot = match self.by_id.get(stored.id()) {
             Some(&slot) => {
                 let old = self.slots.get_mut(slot as usize).and_then(Option::take);
                 match old {
@@ -373,7 +384,7 @@ impl Registry {
                     }
                 };
                 self.index.insert(slot, &mut stored.fields, stored.health);
-                self.by_id.insert(instance.id().into(), slot);
+                self.by_id.insert(stored.id().into(), slot);
                 slot
             }
         };

@@ -286,7 +286,7 @@ impl Catalog {
                     .unwrap_or(now.saturating_add(ttl));
                 leases.set(instance.id(), Some(deadline));
             }
-            registry.apply(Change::Put(Arc::new(instance)));
+            registry.load(instance);
         }
         registry.advance_revision(snapshot.revision);
         let mut events: VecDeque<Event> = snapshot.events.into();
