@@ -46,6 +46,18 @@ pub struct Event {
     pub kind: EventKind,
     /// The instance after the change; for a deregistration, its last state.
     pub instance: Arc<Instance>,
+    /// For an update or a health change, the state before it: a watcher of a query learns
+    /// that an instance left its result when `previous` matched and `instance` does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<Arc<Instance>>,
+}
+
+impl Event {
+    /// Whether a watcher of instances matching `matches` must see this event: the instance
+    /// matches after the change, or did before it (it left the result).
+    pub fn concerns(&self, matches: impl Fn(&Instance) -> bool) -> bool {
+        matches(&self.instance) || self.previous.as_deref().is_some_and(matches)
+    }
 }
 
 impl Event {
@@ -56,6 +68,7 @@ impl Event {
                 revision: instance.modify_revision,
                 kind: EventKind::Register,
                 instance: Arc::clone(instance),
+                previous: None,
             }),
             (Change::Put(instance), Some(old)) => Some(Event {
                 revision: instance.modify_revision,
@@ -65,11 +78,13 @@ impl Event {
                     EventKind::Update
                 },
                 instance: Arc::clone(instance),
+                previous: Some(Arc::clone(old)),
             }),
             (Change::Remove { revision, .. }, Some(old)) => Some(Event {
                 revision: *revision,
                 kind: EventKind::Deregister,
                 instance: Arc::clone(old),
+                previous: None,
             }),
             (Change::Remove { .. }, None) => None,
         }

@@ -93,7 +93,7 @@ pub enum MutationError {
     #[error("instance {0:?} has no ttl; register it with a ttl to use leases")]
     NoLease(String),
     /// The registry is full.
-    #[error("registry holds {limit} instances, the max_instances limit")]
+    #[error("the write would take the registry over its max_instances limit of {limit}")]
     Full {
         /// The configured limit.
         limit: u64,

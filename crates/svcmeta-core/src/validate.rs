@@ -460,7 +460,7 @@ fn check_ttl(report: &mut Report, ttl: Option<&str>) -> Option<u64> {
     let ttl = ttl?;
     match parse_duration_ms(ttl) {
         Ok(0) => {
-            report.push("ttl", "must be longer than 0s");
+            report.push("ttl", format!("{ttl} is shorter than the minimum of 1ms"));
             None
         }
         Ok(ms) if ms > 7 * 24 * 3_600_000 => {

@@ -115,7 +115,11 @@ impl VersionCriterion {
             VersionCriterion::Exact {
                 text,
                 parsed: wanted,
-            } => version == text || (wanted.is_some() && wanted.as_ref() == parsed),
+            } => {
+                // Semver equality ignores build metadata (`1.4.7` matches `1.4.7+build.5`).
+                version == text
+                    || matches!((wanted, parsed), (Some(w), Some(p)) if w.cmp_precedence(p).is_eq())
+            }
             VersionCriterion::Range { req, .. } => parsed.is_some_and(|v| req.matches(v)),
         }
     }
@@ -169,6 +173,8 @@ mod tests {
         };
         assert!(check("v2", "v2"));
         assert!(check("v2", "2.0.0"));
+        assert!(check("1.4.7", "1.4.7+build.5"));
+        assert!(!check("1.4.7", "1.4.7-rc1"));
         assert!(!check("v2", "v2.1"));
         assert!(check(">=2.3", "2.3.0"));
         assert!(check(">=2.3", "v2.10"));

@@ -397,6 +397,11 @@ impl Catalog {
         Ok(events.range(start..).cloned().collect())
     }
 
+    /// The catalog clock's current time (Unix ms): the clock that stamps `updated_at`.
+    pub fn now_ms(&self) -> u64 {
+        self.shared.clock.now_ms()
+    }
+
     /// The validation limits in force.
     pub fn limits(&self) -> &Limits {
         &self.shared.settings.limits

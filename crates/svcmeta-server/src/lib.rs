@@ -26,13 +26,23 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let catalog = Arc::clone(&state.catalog);
     let closing = Arc::clone(&state.catalog);
-    let served = axum::serve(listener, app(state))
+    // The Consul API's check table, shared by its handlers and the task that applies
+    // DeregisterCriticalServiceAfter (which ends with the catalog).
+    let consul = Arc::new(api::consul::ConsulState::from_settings(
+        &state.settings.consul,
+    ));
+    let reaper = tokio::spawn(api::consul::reap_loop(
+        Arc::clone(&catalog),
+        Arc::clone(&consul),
+    ));
+    let served = axum::serve(listener, api::app_with(state, consul))
         .with_graceful_shutdown(async move {
             shutdown.await;
             // Parked blocking reads answer now and event streams end, so draining is quick.
             closing.begin_shutdown();
         })
         .await;
+    reaper.abort();
     // Every acknowledged write is already durable; this finishes anything still queued.
     tokio::task::spawn_blocking(move || catalog.shutdown())
         .await

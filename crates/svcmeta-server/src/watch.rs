@@ -154,9 +154,11 @@ pub fn event_stream(
                         state.last = newest.revision;
                     }
                     let query = &state.query;
-                    state
-                        .pending
-                        .extend(events.into_iter().filter(|e| query.matches(&e.instance)));
+                    state.pending.extend(
+                        events
+                            .into_iter()
+                            .filter(|e| e.concerns(|i| query.matches(i))),
+                    );
                     if !state.pending.is_empty() {
                         continue;
                     }

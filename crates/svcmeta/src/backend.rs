@@ -69,7 +69,11 @@ pub(crate) enum Backend {
 
 impl Backend {
     /// Connects to `server` when given, else opens the configured data directory.
-    pub(crate) fn open(server: Option<&str>, config: &Config) -> Result<Backend, CommandError> {
+    pub(crate) fn open(
+        server: Option<&str>,
+        config: &Config,
+        creates: bool,
+    ) -> Result<Backend, CommandError> {
         if let Some(server) = server {
             let agent: ureq::Agent = ureq::Agent::config_builder()
                 .timeout_global(Some(Duration::from_secs(60)))
@@ -83,6 +87,17 @@ impl Backend {
                 format!("http://{base}")
             };
             return Ok(Backend::Remote { base, agent });
+        }
+        // A read of a data directory that does not exist is a mistake (a typo, or the wrong
+        // working directory), not an empty registry.
+        if !creates
+            && config.store == StoreKind::Embedded
+            && !config.data_dir.join(svcmeta_store::DATABASE_FILE).exists()
+        {
+            return Err(CommandError::Rejected(format!(
+                "no registry in data directory {} (import or register something first, or pass --server URL)",
+                config.data_dir.display()
+            )));
         }
         let store = match config.store {
             StoreKind::Memory => Store::Memory,

@@ -70,6 +70,8 @@ pub(crate) enum Command {
         #[arg(long, short = 'o')]
         out: Option<PathBuf>,
     },
+    /// Benchmark svcmeta against SQLite and a linear scan on a generated catalog.
+    Bench(BenchArgs),
 }
 
 /// Options of `serve`.
@@ -156,8 +158,8 @@ pub(crate) struct QueryArgs {
     #[arg(long)]
     pub(crate) explain: bool,
     /// Return at most this many instances (default: all, fetched page by page).
-    #[arg(long)]
-    pub(crate) limit: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) limit: Option<u64>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Output::Table)]
     pub(crate) output: Output,
@@ -178,4 +180,31 @@ pub(crate) struct WatchArgs {
     /// Stop after this many changes (default: run until interrupted).
     #[arg(long)]
     pub(crate) max_events: Option<u64>,
+}
+
+/// Options of `bench`.
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    /// Number of generated instances.
+    #[arg(long)]
+    pub(crate) instances: usize,
+    /// Random seed of the catalog and of the query mix.
+    #[arg(long, default_value_t = 42)]
+    pub(crate) seed: u64,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    pub(crate) json: Option<PathBuf>,
+    /// Directory for the embedded store and the SQLite file (default: the system temp
+    /// directory); the durable figures are those of its disk.
+    #[arg(long)]
+    pub(crate) dir: Option<PathBuf>,
+    /// Distinct queries per query class.
+    #[arg(long, default_value_t = 2000)]
+    pub(crate) queries: usize,
+    /// Seconds of each HTTP load run.
+    #[arg(long, default_value_t = 5.0)]
+    pub(crate) http_seconds: f64,
+    /// Keep-alive connections (client threads) of the HTTP load generator.
+    #[arg(long, default_value_t = 8)]
+    pub(crate) http_connections: usize,
 }

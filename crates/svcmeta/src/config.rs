@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use serde::Deserialize;
 use svcmeta_core::{parse_duration_ms, Limits, RequiredField, VersionFormat};
+use svcmeta_server::api::consul::ConsulSettings;
 use svcmeta_server::{CatalogSettings, ServerSettings};
 
 /// Which store backs the registry.
@@ -33,9 +34,9 @@ impl StoreKind {
     }
 }
 
-/// The file's contents. Some settings (`redis_url`, `node_name`, `datacenter`, `[features]`,
-/// `[acl]`) belong to features that are not built yet; they are accepted so that one
-/// configuration file works across releases, and are not read.
+/// The file's contents. Some settings (`redis_url`, `[features]`, `[acl]`) belong to features
+/// that are not built yet; they are accepted so that one configuration file works across
+/// releases, and are not read. `node_name` and `datacenter` name the Consul API's node.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)]
@@ -280,17 +281,20 @@ impl Config {
             server.max_page = v;
         }
 
+        let listen = overrides
+            .listen
+            .clone()
+            .or(raw.listen)
+            .unwrap_or_else(|| "127.0.0.1:8500".to_string());
+        server.consul = consul_settings(raw.node_name, raw.datacenter, &listen)?;
+
         let store_text = overrides
             .store
             .clone()
             .or(raw.store)
             .unwrap_or_else(|| "embedded".to_string());
         Ok(Config {
-            listen: overrides
-                .listen
-                .clone()
-                .or(raw.listen)
-                .unwrap_or_else(|| "127.0.0.1:8500".to_string()),
+            listen,
             store: StoreKind::parse(&store_text)?,
             data_dir: overrides
                 .data_dir
@@ -301,6 +305,50 @@ impl Config {
             server,
         })
     }
+}
+
+/// The Consul API's node: `node_name` (default the host name from `/etc/hostname`, else
+/// `svcmeta`), `datacenter` (default `dc1`), and the node address from the listen address.
+fn consul_settings(
+    node_name: Option<String>,
+    datacenter: Option<String>,
+    listen: &str,
+) -> anyhow::Result<ConsulSettings> {
+    let standard = ConsulSettings::standard();
+    let is_name = |text: &str| {
+        !text.is_empty()
+            && text.len() <= 128
+            && text
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    };
+    let node_name = match node_name {
+        Some(name) if is_name(&name) => name,
+        Some(name) => bail!("node_name {name:?} must be 1 to 128 characters of [A-Za-z0-9._-]"),
+        None => std::fs::read_to_string("/etc/hostname")
+            .ok()
+            .map(|text| text.trim().to_string())
+            .filter(|name| is_name(name))
+            .unwrap_or(standard.node_name),
+    };
+    let datacenter = match datacenter {
+        Some(dc) if is_name(&dc) => dc,
+        Some(dc) => bail!("datacenter {dc:?} must be 1 to 128 characters of [A-Za-z0-9._-]"),
+        None => standard.datacenter,
+    };
+    let node_address = match listen.parse::<std::net::SocketAddr>() {
+        Ok(address) if !address.ip().is_unspecified() => address.ip().to_string(),
+        Ok(_) => standard.node_address,
+        Err(_) => match listen.rsplit_once(':') {
+            Some((host, _)) if !host.is_empty() && host != "localhost" => host.to_string(),
+            _ => standard.node_address,
+        },
+    };
+    Ok(ConsulSettings {
+        node_name,
+        datacenter,
+        node_address,
+    })
 }
 
 #[cfg(test)]
@@ -357,5 +405,21 @@ mod tests {
         assert!(error.to_string().contains("[cache] ttl"));
         let error = parse("[validation]\nrequired = [\"colour\"]").unwrap_err();
         assert!(error.to_string().contains("colour"));
+        let error = parse("datacenter = \"dc 1\"").unwrap_err();
+        assert!(error.to_string().contains("datacenter"));
+    }
+
+    #[test]
+    fn consul_node_comes_from_the_config() {
+        let config =
+            parse("node_name = \"reg-1\"\ndatacenter = \"eu1\"\nlisten = \"0.0.0.0:8500\"")
+                .unwrap();
+        assert_eq!(config.server.consul.node_name, "reg-1");
+        assert_eq!(config.server.consul.datacenter, "eu1");
+        assert_eq!(config.server.consul.node_address, "127.0.0.1");
+        let config = parse("listen = \"127.0.0.2:8500\"").unwrap();
+        assert_eq!(config.server.consul.datacenter, "dc1");
+        assert_eq!(config.server.consul.node_address, "127.0.0.2");
+        assert!(!config.server.consul.node_name.is_empty());
     }
 }

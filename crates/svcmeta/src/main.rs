@@ -51,8 +51,10 @@ fn run(cli: Cli) -> Result<(), CommandError> {
             seed,
             out,
         } => cmd::gen(*instances, *seed, out.as_deref()),
+        Command::Bench(args) => cmd::bench::run(args),
         command => {
-            let backend = Backend::open(cli.server.as_deref(), &config)?;
+            let creates = matches!(command, Command::Import(_) | Command::Register { .. });
+            let backend = Backend::open(cli.server.as_deref(), &config, creates)?;
             match command {
                 Command::Import(args) => cmd::import::run(&backend, args, &config.catalog.limits),
                 Command::Register { file } => cmd::register(&backend, file),
@@ -61,7 +63,7 @@ fn run(cli: Cli) -> Result<(), CommandError> {
                 Command::Watch(args) => cmd::watch::run(&backend, args),
                 Command::Services { output } => cmd::services(&backend, *output),
                 Command::Stats { output } => cmd::stats(&backend, *output),
-                Command::Serve(_) | Command::Gen { .. } => Ok(()),
+                Command::Serve(_) | Command::Gen { .. } | Command::Bench(_) => Ok(()),
             }
         }
     }

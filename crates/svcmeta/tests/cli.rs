@@ -880,15 +880,29 @@ fn a_rejected_registration_exits_1_naming_the_field_and_changes_nothing() {
 fn deregistering_an_unknown_id_exits_1() {
     let temp = TempDir::new("deregister");
     let dir = temp.join("data").to_string_lossy().into_owned();
-    let unknown = run(temp.path(), &["--data-dir", &dir, "deregister", "nobody"]);
-    assert_eq!(unknown.code(), Some(1), "{unknown:#?}");
-    assert!(unknown.stderr.contains("nobody"), "{unknown:#?}");
+    // Reading a data directory that does not exist is an error, and creates nothing.
+    for args in [
+        vec!["--data-dir", dir.as_str(), "deregister", "nobody"],
+        vec!["--data-dir", dir.as_str(), "query", "--count"],
+        vec!["--data-dir", dir.as_str(), "services"],
+    ] {
+        let missing = run(temp.path(), &args);
+        assert_eq!(missing.code(), Some(1), "{missing:#?}");
+        assert!(
+            missing.stderr.contains("no registry in data directory"),
+            "{missing:#?}"
+        );
+    }
+    assert!(!temp.join("data").exists());
     run_with_input(
         temp.path(),
         &["--data-dir", &dir, "register", "-"],
         br#"{"id":"somebody","service":"web"}"#,
     )
     .ok();
+    let unknown = run(temp.path(), &["--data-dir", &dir, "deregister", "nobody"]);
+    assert_eq!(unknown.code(), Some(1), "{unknown:#?}");
+    assert!(unknown.stderr.contains("nobody"), "{unknown:#?}");
     run(temp.path(), &["--data-dir", &dir, "deregister", "somebody"]).ok();
     let again = run(temp.path(), &["--data-dir", &dir, "deregister", "somebody"]);
     assert_eq!(again.code(), Some(1), "{again:#?}");

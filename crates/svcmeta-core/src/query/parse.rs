@@ -40,8 +40,8 @@
 //! the same, where `in` tests keys.
 //!
 //! Differences from go-bexpr v0.1.2, all of them leniencies except the last:
-//! `\"` is accepted inside double-quoted strings; bare words may contain `-`, `.`, `:` and
-//! non-ASCII characters (`Environment == eu-west`, `Meta.my-key`); whitespace around
+//! `\"` is accepted inside double-quoted strings; bare words may contain `-`, `.`, `:`, `/`
+//! and letters of any script (any other character is an error: quote the value) (`Environment == eu-west`, `Meta.my-key`); whitespace around
 //! operators and parentheses is optional (`not(a)`, `Port==80`); `is empty` is allowed on
 //! string selectors (true when the value is absent or empty); and a bare `not` before `in`
 //! is always the operator, so a literal value `not` must be quoted (`"not" in Tags`).
@@ -236,6 +236,11 @@ fn is_delimiter(c: char) -> bool {
     c.is_whitespace() || matches!(c, '(' | ')' | '[' | ']' | '"' | '`' | '=' | '!')
 }
 
+/// Characters a bare word may contain: letters and digits (any script), `_ - . : /`.
+fn is_word_char(c: char) -> bool {
+    c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | ':' | '/')
+}
+
 fn lex(text: &str) -> Result<Vec<Token<'_>>, FilterError> {
     let mut tokens = Vec::new();
     let mut chars = text.char_indices().peekable();
@@ -324,6 +329,14 @@ fn lex(text: &str) -> Result<Vec<Token<'_>>, FilterError> {
             _ => {
                 let mut end = start;
                 while let Some((i, c)) = chars.next_if(|&(_, c)| !is_delimiter(c)) {
+                    if !is_word_char(c) {
+                        return Err(FilterError::new(
+                            text,
+                            i,
+                            FilterErrorKind::Syntax,
+                            format!("unexpected character {c:?}; quote values that contain it (\"…\" or `…`)"),
+                        ));
+                    }
                     end = i + c.len_utf8();
                 }
                 tokens.push(Token {

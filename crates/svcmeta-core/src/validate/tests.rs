@@ -519,7 +519,12 @@ fn ttls() {
     check(
         "ttl 0s",
         with(|d| d.ttl = Some("0s".into())),
-        &[("ttl", "must be longer than 0s")],
+        &[("ttl", "0s is shorter than the minimum of 1ms")],
+    );
+    check(
+        "ttl 1ns",
+        with(|d| d.ttl = Some("1ns".into())),
+        &[("ttl", "1ns is shorter than the minimum of 1ms")],
     );
     check(
         "ttl abc",

@@ -1,7 +1,8 @@
 //! API errors: one type, one `IntoResponse`, the JSON shape of DESIGN §4.
 //!
 //! User errors become 4xx with a precise message; internal failures become 5xx whose detail
-//! is logged, not sent.
+//! is logged, not sent. The Consul-compatible API (`/v1`) answers errors as plain text, as
+//! Consul does: [`ApiError::plain`] builds such an error, and the same `IntoResponse` writes it.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -18,6 +19,8 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     details: Vec<Violation>,
+    /// Whether the body is the bare message as `text/plain` (Consul's shape) instead of JSON.
+    plain: bool,
 }
 
 impl ApiError {
@@ -42,7 +45,21 @@ impl ApiError {
             code,
             message: message.into(),
             details: Vec::new(),
+            plain: false,
         }
+    }
+
+    /// An error whose body is the message alone, as `text/plain` (the Consul API's shape).
+    pub fn plain(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            plain: true,
+            ..ApiError::new(status, "consul", message)
+        }
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.message
     }
 
     /// The HTTP status.
@@ -74,6 +91,7 @@ impl From<ValidationErrors> for ApiError {
                 format!("invalid registration ({count} problems): {errors}")
             },
             details: errors.violations,
+            plain: false,
         }
     }
 }
@@ -109,6 +127,13 @@ impl From<WriteError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if self.plain {
+            let content_type = [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; charset=utf-8",
+            )];
+            return (self.status, content_type, self.message).into_response();
+        }
         (self.status, Json(self.body())).into_response()
     }
 }

@@ -1,7 +1,9 @@
-//! Router assembly: the native API under `/api/v1`, `/healthz` and `/metrics`.
+//! Router assembly: the native API under `/api/v1`, the Consul-compatible API under `/v1`,
+//! `/healthz` and `/metrics`.
 //!
 //! Only this module and its children know HTTP; the catalog below them does not.
 
+pub mod consul;
 pub mod error;
 pub mod native;
 
@@ -24,6 +26,8 @@ pub struct ServerSettings {
     pub stats_top: usize,
     /// Limits on filter expressions (length, nesting, regex size).
     pub filter_limits: svcmeta_core::FilterLimits,
+    /// The node and datacenter the Consul API reports.
+    pub consul: consul::ConsulSettings,
 }
 
 impl ServerSettings {
@@ -34,6 +38,7 @@ impl ServerSettings {
             max_page: 1000,
             stats_top: 10,
             filter_limits: svcmeta_core::FilterLimits::standard(),
+            consul: consul::ConsulSettings::standard(),
         }
     }
 }
@@ -47,8 +52,14 @@ pub struct AppState {
     pub settings: ServerSettings,
 }
 
-/// The whole HTTP application.
+/// The whole HTTP application, with a fresh Consul check table.
 pub fn app(state: Arc<AppState>) -> Router {
+    let consul = Arc::new(consul::ConsulState::from_settings(&state.settings.consul));
+    app_with(state, consul)
+}
+
+/// The whole HTTP application over a given Consul check table (see [`crate::run`]).
+pub fn app_with(state: Arc<AppState>, consul: Arc<consul::ConsulState>) -> Router {
     let body_limit = state.settings.max_body_bytes;
     Router::new()
         .route(
@@ -67,6 +78,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/api/v1/stats", get(native::stats))
         .route("/healthz", get(native::healthz))
         .route("/metrics", get(native::metrics))
+        .merge(consul::routes(Arc::clone(&state), consul))
         .fallback(native::not_found)
         .method_not_allowed_fallback(native::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -35,14 +35,14 @@ fn with_index<T: IntoResponse>(revision: u64, body: T) -> Response {
 }
 
 /// Turns a body-extraction failure into our error shape (413 for an oversized body).
-fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
     body.map_err(|rejection| {
         let status = rejection.status();
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
                 status,
                 "payload_too_large",
-                "request body is larger than the max_body_bytes limit",
+                format!("request body is larger than {limit} bytes, the max_body_bytes limit"),
             )
         } else {
             ApiError::new(status, "invalid_request", rejection.body_text())
@@ -50,8 +50,23 @@ fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     })
 }
 
+/// Rewords serde's messages in the API's terms (no Rust type names).
+fn describe_json_error(error: &serde_json::Error) -> String {
+    error
+        .to_string()
+        .replace("struct InstanceDraft", "an instance object")
+        .replace("expected i64", "expected an integer")
+}
+
 fn parse_draft(bytes: &[u8]) -> Result<InstanceDraft, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("body: {e}")))
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return Err(ApiError::bad_request(
+            "body: expected one instance as a JSON object ({\"service\": …})",
+        ));
+    }
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request(format!("body: {}", describe_json_error(&e))))
 }
 
 #[derive(Serialize)]
@@ -66,7 +81,7 @@ pub(crate) async fn put_instance(
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let bytes = body_bytes(body)?;
+    let bytes = body_bytes(body, state.settings.max_body_bytes)?;
     let mut draft = parse_draft(&bytes)?;
     if draft.id.is_empty() {
         draft.id = id.clone();
@@ -192,15 +207,23 @@ pub fn parse_bulk(bytes: &[u8]) -> Result<Vec<InstanceDraft>, ApiError> {
     let trimmed = text.trim_start();
     if trimmed.starts_with('[') {
         return serde_json::from_str(trimmed)
-            .map_err(|e| ApiError::bad_request(format!("body: {e}")));
+            .map_err(|e| ApiError::bad_request(format!("body: {}", describe_json_error(&e))));
     }
     let mut drafts = Vec::new();
     for (number, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let draft = serde_json::from_str(line)
-            .map_err(|e| ApiError::bad_request(format!("body line {}: {e}", number + 1)))?;
+        let draft = serde_json::from_str(line).map_err(|e| {
+            ApiError::bad_request(format!(
+                "body line {}, column {}: {}",
+                number + 1,
+                e.column(),
+                describe_json_error(&e)
+                    .rsplit_once(" at line ")
+                    .map_or_else(|| describe_json_error(&e), |(m, _)| m.to_string())
+            ))
+        })?;
         drafts.push(draft);
     }
     Ok(drafts)
@@ -231,7 +254,7 @@ pub(crate) async fn post_instances(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let bytes = body_bytes(body)?;
+    let bytes = body_bytes(body, state.settings.max_body_bytes)?;
     let drafts = parse_bulk(&bytes)?;
     if drafts.is_empty() {
         return Err(ApiError::bad_request("body: no instances given"));
@@ -362,6 +385,9 @@ pub fn parse_list_request(
                 filter = Some(text.to_string());
             }
             "limit" => {
+                if limit.is_some() {
+                    return Err(ApiError::bad_request("limit: given more than once"));
+                }
                 let parsed: usize = text.parse().map_err(|_| {
                     ApiError::bad_request(format!("limit: {text:?} is not a positive integer"))
                 })?;

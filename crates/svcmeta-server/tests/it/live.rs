@@ -214,3 +214,26 @@ fn asking_for_trimmed_history_is_410() {
         .get("/api/v1/events?since=1")
         .expect_error(410, "history_trimmed");
 }
+
+#[test]
+fn a_filtered_stream_reports_an_instance_leaving_the_criteria() {
+    let server = Server::start();
+    let since = server.catalog().revision();
+    let mut tagged = instance("m1", "mv");
+    tagged["tags"] = serde_json::json!(["t1"]);
+    server.register(&tagged);
+    tagged["tags"] = serde_json::json!(["t2"]);
+    server.register(&tagged); // leaves tag=t1
+    tagged["tags"] = serde_json::json!(["t1"]);
+    tagged["service"] = serde_json::json!("elsewhere");
+    server.register(&tagged); // was never in the result before this change: not reported
+    let events = read_events(
+        server.base(),
+        &format!("since={since}&service=mv&tag=t1"),
+        2,
+    );
+    assert_eq!(events[0]["type"], "register");
+    assert_eq!(events[1]["type"], "update");
+    assert_eq!(events[1]["instance"]["tags"], serde_json::json!(["t2"]));
+    assert_eq!(events[1]["previous"]["tags"], serde_json::json!(["t1"]));
+}

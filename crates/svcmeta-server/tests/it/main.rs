@@ -5,12 +5,14 @@
 //! fails, so `expect` is allowed in this test binary.
 //!
 //! Modules: single-instance writes, bulk writes, queries and paging, input validation and
-//! limits, the service/stats/metrics/health endpoints, and concurrent clients.
+//! limits, the service/stats/metrics/health endpoints, concurrent clients, and the
+//! Consul-compatible API (`consul`, with its golden fixtures under `fixtures/consul/`).
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 mod bulk;
 mod concurrency;
+mod consul;
 mod endpoints;
 mod instances;
 mod live;

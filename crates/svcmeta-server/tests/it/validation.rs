@@ -290,7 +290,7 @@ fn unparseable_bodies_are_400_and_change_nothing() {
         (
             "an array instead of an object",
             br#"[{"id":"a","service":"web"}]"#.to_vec(),
-            vec!["invalid type"],
+            vec!["expected one instance as a JSON object"],
         ),
         (
             "invalid UTF-8 bytes",
@@ -302,7 +302,11 @@ fn unparseable_bodies_are_400_and_change_nothing() {
             br#"{"id":"a","service":"#.to_vec(),
             vec!["EOF"],
         ),
-        ("empty body", Vec::new(), vec!["EOF"]),
+        (
+            "empty body",
+            Vec::new(),
+            vec!["expected one instance as a JSON object"],
+        ),
     ];
     for (name, body, wanted) in cases {
         let reply = server

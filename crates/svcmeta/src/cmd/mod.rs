@@ -1,5 +1,6 @@
 //! The subcommands: each turns parsed arguments into backend calls and prints the answer.
 
+pub(crate) mod bench;
 pub(crate) mod import;
 pub(crate) mod query;
 pub(crate) mod serve;
@@ -222,8 +223,13 @@ pub(crate) fn gen(
         None => {
             let stdout = std::io::stdout();
             let mut writer = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
-            svcmeta::gen::generate(instances, seed, &mut writer).context("writing the catalog")?;
-            std::io::Write::flush(&mut writer).context("writing the catalog")?;
+            let written = svcmeta::gen::generate(instances, seed, &mut writer)
+                .and_then(|()| std::io::Write::flush(&mut writer));
+            match written {
+                // The reader went away (`svcmeta gen … | head`): that is not a failure.
+                Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => {}
+                other => other.context("writing the catalog")?,
+            }
         }
     }
     Ok(())

@@ -69,7 +69,7 @@ pub(crate) fn run(backend: &Backend, args: &QueryArgs) -> Result<(), CommandErro
     let mut first: Option<Value> = None;
     loop {
         let mut request = base.clone();
-        if let Some(limit) = args.limit {
+        if let Some(limit) = args.limit.map(|l| l as usize) {
             let remaining = limit.saturating_sub(instances.len()).max(1);
             request.push(("limit".into(), Some(remaining.min(1000).to_string())));
         }
@@ -87,12 +87,15 @@ pub(crate) fn run(backend: &Backend, args: &QueryArgs) -> Result<(), CommandErro
         if first.is_none() {
             first = Some(answer);
         }
-        let enough = args.limit.is_some_and(|limit| instances.len() >= limit);
+        let enough = args
+            .limit
+            .map(|l| l as usize)
+            .is_some_and(|limit| instances.len() >= limit);
         if cursor.is_none() || enough {
             break;
         }
     }
-    if let Some(limit) = args.limit {
+    if let Some(limit) = args.limit.map(|l| l as usize) {
         instances.truncate(limit);
     }
     let first = first.unwrap_or(Value::Null);

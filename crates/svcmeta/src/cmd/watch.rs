@@ -77,7 +77,9 @@ pub(crate) fn run(backend: &Backend, args: &WatchArgs) -> Result<(), CommandErro
             }
         }
     }
-    Ok(())
+    Err(CommandError::Rejected(
+        "the server ended the event stream (it is shutting down?); resume with --since the last revision seen".to_string(),
+    ))
 }
 
 fn print_event(data: &str, output: Output) {

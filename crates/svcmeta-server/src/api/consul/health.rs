@@ -1,0 +1,141 @@
+//! `/v1/health/*`: the instances of a service with their node and checks, the checks of a
+//! service, of a node, and every check in a state.
+//!
+//! Each instance has the checks of the check table (see `checks.rs`), and, as on a real
+//! Consul node, the node-level check `serfHealth` (always passing). `passing` keeps the
+//! instances whose health is passing, which is exactly those whose every check passes.
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use svcmeta_core::{Health, Instance, Page, Query};
+
+use super::catalog::matching_instances;
+use super::wire::{self, HealthCheck};
+use super::{block, read_response, service_instances, service_query, Ctx, Endpoint, ReadParams};
+use crate::api::error::ApiError;
+
+fn no_filter(params: &ReadParams, path: &str) -> Result<(), ApiError> {
+    if params
+        .filter
+        .as_deref()
+        .is_some_and(|f| !svcmeta_core::is_blank_filter(f))
+    {
+        return Err(ApiError::plain(
+            StatusCode::BAD_REQUEST,
+            format!("filter is not supported by svcmeta on {path}"),
+        ));
+    }
+    Ok(())
+}
+
+fn service_checks(state: &Ctx, instance: &Instance) -> Vec<HealthCheck> {
+    let node = state.consul.node();
+    state
+        .consul
+        .views(instance)
+        .iter()
+        .map(|check| wire::health_check(instance, check, node))
+        .collect()
+}
+
+/// `GET /v1/health/service/{name}`: `{Node, Service, Checks}` per matching instance.
+pub(crate) async fn service(
+    State(state): State<Ctx>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = ReadParams::parse(raw.as_deref(), &state)?;
+    let (index, instances) = matching_instances(&state, &name, &params, Endpoint::Health).await?;
+    let node = state.consul.node();
+    let entries: Vec<wire::HealthEntry> = instances
+        .iter()
+        .map(|instance| {
+            let mut checks = vec![wire::serf_check(node)];
+            checks.extend(service_checks(&state, instance));
+            wire::HealthEntry {
+                node: node.body(),
+                service: wire::node_service(instance),
+                checks,
+            }
+        })
+        .collect();
+    Ok(read_response(&entries, params.pretty, index))
+}
+
+/// `GET /v1/health/checks/{service}`: the service checks of every instance of a service.
+pub(crate) async fn checks(
+    State(state): State<Ctx>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = ReadParams::parse(raw.as_deref(), &state)?;
+    no_filter(&params, "/v1/health/checks")?;
+    let catalog = &state.catalog;
+    let query = service_query(&name);
+    block(catalog, params.blocking, || catalog.scope_revision(&query)).await;
+    let (index, instances) = service_instances(catalog, &name);
+    let checks: Vec<HealthCheck> = instances
+        .iter()
+        .flat_map(|instance| service_checks(&state, instance))
+        .collect();
+    Ok(read_response(&checks, params.pretty, index))
+}
+
+/// Every check: the node's `serfHealth`, then each instance's.
+fn all_checks(state: &Ctx) -> Vec<HealthCheck> {
+    let answer = state.catalog.query(&Query::default(), &Page::default());
+    let mut checks = vec![wire::serf_check(state.consul.node())];
+    for instance in &answer.instances {
+        checks.extend(service_checks(state, instance));
+    }
+    checks
+}
+
+/// `GET /v1/health/state/{state}`: every check in a state (`any` for all).
+pub(crate) async fn state(
+    State(state): State<Ctx>,
+    Path(wanted): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = ReadParams::parse(raw.as_deref(), &state)?;
+    no_filter(&params, "/v1/health/state")?;
+    let wanted = match wanted.as_str() {
+        "any" => None,
+        word => Some(
+            Health::parse(word)
+                .ok_or_else(|| ApiError::plain(StatusCode::BAD_REQUEST, "Invalid state"))?,
+        ),
+    };
+    let catalog = &state.catalog;
+    block(catalog, params.blocking, || catalog.revision()).await;
+    let index = catalog.revision();
+    let checks: Vec<HealthCheck> = if params.node_meta_matches(&state) {
+        all_checks(&state)
+            .into_iter()
+            .filter(|c| wanted.is_none_or(|w| c.status() == w.as_str()))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok(read_response(&checks, params.pretty, index))
+}
+
+/// `GET /v1/health/node/{node}`: every check of the node (`[]` for another node).
+pub(crate) async fn node(
+    State(state): State<Ctx>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = ReadParams::parse(raw.as_deref(), &state)?;
+    no_filter(&params, "/v1/health/node")?;
+    let catalog = &state.catalog;
+    block(catalog, params.blocking, || catalog.revision()).await;
+    let index = catalog.revision();
+    let checks = if name == state.consul.node().name {
+        all_checks(&state)
+    } else {
+        Vec::new()
+    };
+    Ok(read_response(&checks, params.pretty, index))
+}
