@@ -565,13 +565,15 @@ fn measure_all(args: &BenchArgs) -> anyhow::Result<Value> {
         .collect();
     let (consul_status, _) = http::fetch(&consul_urls[0])?;
     let consul = if consul_status == 200 {
-        let run = http::load(
+        match http::load(
             "GET /v1/health/service/S?passing&tag=T",
             &consul_urls,
             args.http_connections,
             duration,
-        )?;
-        json!({ "available": true, "run": run })
+        ) {
+            Ok(run) => json!({ "available": true, "run": run }),
+            Err(error) => json!({ "available": true, "error": format!("{error:#}") }),
+        }
     } else {
         json!({
             "available": false,
@@ -924,7 +926,9 @@ fn print_report(report: &Value) {
     let m = &report["memory"];
     let h = &report["http"]["native_three_criteria"];
     let consul = &report["http"]["consul_health"];
-    let consul_text = if consul["available"] == json!(true) {
+    let consul_text = if let Some(error) = consul["error"].as_str() {
+        format!("failed: {error}")
+    } else if consul["available"] == json!(true) {
         format!(
             "{} q/s, p99 {}",
             f(&consul["run"]["queries_per_s"]).round(),

@@ -90,6 +90,9 @@ impl Drop for Server {
     }
 }
 
+/// Largest answer body read (a Consul health answer lists every instance of a service).
+const MAX_BODY: u64 = 1 << 30;
+
 fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -108,6 +111,8 @@ fn get(agent: &ureq::Agent, url: &str) -> anyhow::Result<(u16, usize)> {
     let status = response.status().as_u16();
     let body = response
         .body_mut()
+        .with_config()
+        .limit(MAX_BODY)
         .read_to_vec()
         .with_context(|| format!("reading the answer to GET {url}"))?;
     Ok((status, body.len()))
@@ -122,6 +127,8 @@ pub(crate) fn fetch(url: &str) -> anyhow::Result<(u16, String)> {
     let status = response.status().as_u16();
     let body = response
         .body_mut()
+        .with_config()
+        .limit(MAX_BODY)
         .read_to_string()
         .with_context(|| format!("reading the answer to GET {url}"))?;
     Ok((status, body))
