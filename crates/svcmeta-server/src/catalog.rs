@@ -826,6 +826,15 @@ impl Shared {
                 for change in changes {
                     registry.apply(change);
                 }
+                // Retained events share the registry's copy (interned strings) where it is
+                // the event's state, so history does not hold a second copy of each record.
+                for event in &mut events {
+                    if let Some(stored) = registry.get(event.instance.id()) {
+                        if stored.modify_revision == event.revision {
+                            event.instance = Arc::clone(stored);
+                        }
+                    }
+                }
                 drop(registry);
                 let mut retained = self.events.lock().unwrap_or_else(|p| p.into_inner());
                 retained.extend(events);
