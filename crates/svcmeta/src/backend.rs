@@ -11,8 +11,7 @@ use serde_json::{json, Value};
 use svcmeta_core::{InstanceDraft, Mutation};
 use svcmeta_server::api::error::ApiError;
 use svcmeta_server::api::native::{parse_list_request, stats_body, validate_all};
-use svcmeta_server::{AppState, Catalog};
-use svcmeta_store::Store;
+use svcmeta_server::AppState;
 
 use crate::config::{Config, StoreKind};
 
@@ -99,13 +98,7 @@ impl Backend {
                 config.data_dir.display()
             )));
         }
-        let store = match config.store {
-            StoreKind::Memory => Store::Memory,
-            StoreKind::Embedded => Store::open_embedded(&config.data_dir)
-                .map_err(|e| CommandError::Failed(anyhow::anyhow!(e)))?,
-        };
-        let catalog = Catalog::open(store, config.catalog.clone())
-            .map_err(|e| CommandError::Failed(anyhow::anyhow!(e)))?;
+        let catalog = config.open_catalog()?;
         Ok(Backend::Local(Arc::new(AppState {
             catalog: Arc::new(catalog),
             settings: config.server.clone(),

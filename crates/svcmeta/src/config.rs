@@ -177,6 +177,16 @@ fn apply_environment(table: &mut toml::Table) -> anyhow::Result<()> {
 }
 
 impl Config {
+    /// Opens the configured store and loads it into a catalog (the embedded store fails fast
+    /// when another process holds the data directory).
+    pub(crate) fn open_catalog(&self) -> anyhow::Result<svcmeta_server::Catalog> {
+        let store = match self.store {
+            StoreKind::Memory => svcmeta_store::Store::Memory,
+            StoreKind::Embedded => svcmeta_store::Store::open_embedded(&self.data_dir)?,
+        };
+        Ok(svcmeta_server::Catalog::open(store, self.catalog.clone())?)
+    }
+
     /// Loads the file (if any), applies the environment and the flags, and validates.
     pub(crate) fn load(file: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Config> {
         let mut table = match file {

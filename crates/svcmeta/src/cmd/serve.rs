@@ -3,11 +3,10 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use svcmeta_server::{AppState, Catalog};
-use svcmeta_store::Store;
+use svcmeta_server::AppState;
 
 use crate::backend::CommandError;
-use crate::config::{Config, StoreKind};
+use crate::config::Config;
 
 /// Resolves on Ctrl-C or SIGTERM.
 async fn shutdown_signal() {
@@ -34,14 +33,7 @@ async fn shutdown_signal() {
 
 /// Runs the server.
 pub(crate) fn run(config: &Config) -> Result<(), CommandError> {
-    let store = match config.store {
-        StoreKind::Memory => Store::Memory,
-        StoreKind::Embedded => Store::open_embedded(&config.data_dir)
-            .map_err(|e| CommandError::Failed(anyhow::anyhow!(e)))?,
-    };
-    let catalog = Catalog::open(store, config.catalog.clone())
-        .map_err(|e| CommandError::Failed(anyhow::anyhow!(e)))?;
-    let catalog = Arc::new(catalog);
+    let catalog = Arc::new(config.open_catalog()?);
     let state = Arc::new(AppState {
         catalog: Arc::clone(&catalog),
         settings: config.server.clone(),

@@ -290,16 +290,7 @@ pub(crate) async fn checks(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let params = ReadParams::parse(raw.as_deref(), &state)?;
-    if params
-        .filter
-        .as_deref()
-        .is_some_and(|f| !svcmeta_core::is_blank_filter(f))
-    {
-        return Err(ApiError::plain(
-            StatusCode::BAD_REQUEST,
-            "filter is not supported by svcmeta on /v1/agent/checks",
-        ));
-    }
+    super::health::no_filter(&params, "/v1/agent/checks")?;
     let answer = state.catalog.query(&Query::default(), &Page::default());
     let node = state.consul.node();
     let mut map = serde_json::Map::new();

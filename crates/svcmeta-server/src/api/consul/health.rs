@@ -15,7 +15,8 @@ use super::wire::{self, HealthCheck};
 use super::{block, read_response, service_instances, service_query, Ctx, Endpoint, ReadParams};
 use crate::api::error::ApiError;
 
-fn no_filter(params: &ReadParams, path: &str) -> Result<(), ApiError> {
+/// Refuses a non-blank `filter` on an endpoint that has no filterable rows in svcmeta.
+pub(super) fn no_filter(params: &ReadParams, path: &str) -> Result<(), ApiError> {
     if params
         .filter
         .as_deref()
