@@ -25,6 +25,8 @@ const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const LEASES: TableDefinition<&str, u64> = TableDefinition::new("leases");
 const REVISION_KEY: &str = "revision";
 const FORMAT_KEY: &str = "format";
+/// Events are trimmed to the retention once per this many revisions.
+pub(crate) const TRIM_STEP: u64 = 4096;
 /// The file format this build writes and reads.
 const FILE_FORMAT: u64 = 1;
 
@@ -209,9 +211,16 @@ impl EmbeddedStore {
                     .insert(event.revision, record.as_slice())
                     .map_err(StoreError::database)?;
             }
-            if let Some(newest) = batch.events.last() {
+            // Old events are trimmed in steps of TRIM_STEP revisions rather than on every
+            // commit: one range deletion per step instead of a B-tree edit per write. The file
+            // keeps at most TRIM_STEP events beyond the retention; `load` callers trim exactly.
+            let oldest_written = batch.events.first().map(|e| e.revision);
+            if let (Some(oldest), Some(newest)) = (oldest_written, batch.events.last()) {
+                // Revisions are contiguous, so this batch covers (oldest - 1, newest].
+                let crossed_step =
+                    oldest.saturating_sub(1) / TRIM_STEP != newest.revision / TRIM_STEP;
                 let floor = newest.revision.saturating_sub(batch.event_retention);
-                if floor > 0 {
+                if crossed_step && floor > 0 {
                     events
                         .retain_in(..floor, |_, _| false)
                         .map_err(StoreError::database)?;

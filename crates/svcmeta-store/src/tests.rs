@@ -6,6 +6,7 @@ use std::sync::Arc;
 use svcmeta_core::{validate, Change, Event, Health, Instance, InstanceDraft, Limits};
 
 use super::*;
+use crate::embedded::TRIM_STEP;
 
 fn instance(id: &str, revision: u64) -> Arc<Instance> {
     let draft = InstanceDraft {
@@ -126,25 +127,44 @@ fn memory_store_keeps_nothing() {
 #[test]
 fn events_and_leases_survive_a_reopen_and_old_events_are_trimmed() {
     let dir = temp_dir("events");
+    let commit_one = |store: &Store, revision: u64| {
+        let put = Change::Put(instance("a", revision));
+        let event = Event::describe(None, &put).unwrap();
+        let mut batch = changes(&[put], &[event], revision);
+        batch.event_retention = 4;
+        let leases = vec![("a".to_string(), Some(1_000 + revision))];
+        batch.leases = Box::leak(leases.into_boxed_slice());
+        store.commit(&batch).unwrap();
+    };
+    let revisions = |store: &Store| -> Vec<u64> {
+        store
+            .load()
+            .unwrap()
+            .events
+            .iter()
+            .map(|e| e.revision)
+            .collect()
+    };
     {
         let store = Store::open_embedded(&dir).unwrap();
         for revision in 1..=10u64 {
-            let put = Change::Put(instance("a", revision));
-            let event = Event::describe(None, &put).unwrap();
-            let mut batch = changes(&[put], &[event], revision);
-            batch.event_retention = 4;
-            let leases = vec![("a".to_string(), Some(1_000 + revision))];
-            batch.leases = Box::leak(leases.into_boxed_slice());
-            store.commit(&batch).unwrap();
+            commit_one(&store, revision);
         }
+        // Trimming happens once per step of revisions, so these are all still there.
+        assert_eq!(revisions(&store), (1..=10).collect::<Vec<_>>());
+        // A commit that crosses a step boundary drops everything older than the retention.
+        commit_one(&store, 2 * TRIM_STEP);
     }
     let snapshot = Store::open_embedded(&dir).unwrap().load().unwrap();
-    let revisions: Vec<u64> = snapshot.events.iter().map(|e| e.revision).collect();
+    let kept: Vec<u64> = snapshot.events.iter().map(|e| e.revision).collect();
     assert_eq!(
-        revisions,
-        vec![6, 7, 8, 9, 10],
+        kept,
+        vec![2 * TRIM_STEP],
         "events older than the retention are dropped"
     );
-    assert_eq!(snapshot.leases, vec![("a".to_string(), 1_010)]);
+    assert_eq!(
+        snapshot.leases,
+        vec![("a".to_string(), 1_000 + 2 * TRIM_STEP)]
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
