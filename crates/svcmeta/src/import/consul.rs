@@ -3,14 +3,16 @@
 //!
 //! Mapping (DESIGN §4): `Name`/`ServiceName` → service, `ID`/`ServiceID` → id, tags, meta,
 //! address and port as given; version, environment and region come from `Meta["version"]`,
-//! `Meta["env"]` (or `environment`) and `Meta["region"]`. Missing optional fields are not
-//! errors. It deliberately does not substitute the node address for an empty service address
+//! `Meta["env"]` (or `environment`) and `Meta["region"]`, by the same rule as the `/v1` API
+//! (`fields_from_meta`: a value that is not a valid slug or version stays in meta only).
+//! Missing optional fields are not errors. It deliberately does not substitute the node address for an empty service address
 //! (clients do that, as with Consul) and does not import check states.
 
 use std::collections::{BTreeMap, HashMap};
 
 use serde_json::{Map, Value};
-use svcmeta_core::InstanceDraft;
+use svcmeta_core::{InstanceDraft, Limits};
+use svcmeta_server::api::consul::wire::{fields_from_meta, MetaFields};
 
 use super::{json_kind, plural, Failure, Format, Location, Parsed};
 
@@ -164,13 +166,13 @@ fn finish(format: Format, entries: Vec<Entry>) -> Result<Parsed, Failure> {
         }
         seen.insert(id.clone(), location);
 
-        let version = meta.get("version").cloned().and_then(non_empty);
-        let environment = meta
-            .get("env")
-            .filter(|v| !v.is_empty())
-            .or_else(|| meta.get("environment").filter(|v| !v.is_empty()))
-            .map(|v| v.to_lowercase());
-        let region = meta.get("region").cloned().and_then(non_empty);
+        // The same rule as a registration through the Consul API: values that would not
+        // pass the field's rule stay in meta only.
+        let MetaFields {
+            version,
+            environment,
+            region,
+        } = fields_from_meta(&meta, &Limits::standard());
         if let Some(node) = node {
             meta.entry("consul_node".to_string()).or_insert(node);
         }

@@ -1021,7 +1021,11 @@ spec:
     let d = &parsed.drafts[0];
     assert_eq!(d.service, "wëb");
     assert_eq!(d.tags, ["ключ", "标签"]);
-    assert_eq!(d.environment, s("прод"), "lower-cased, Unicode-aware");
+    assert_eq!(
+        d.environment, None,
+        "not a lower-case ASCII slug: kept in meta only, as the /v1 API does"
+    );
+    assert_eq!(meta(d, "env"), s("ПРОД"));
     assert_eq!(meta(d, "note"), s("😀"));
 
     let parsed = ok("{\"id\": \"ü-1\", \"service\": \"s\", \"meta\": {\"k\": \"värde\"}}\n{\"id\": \"ü-2\", \"service\": \"s\"}\n");
@@ -1179,7 +1183,7 @@ fn consul_duplicate_ids_get_the_node_prefix() {
 fn consul_meta_mapping() {
     let text = r#"[{"Node": {"Node": "n1", "Datacenter": "eu1", "Address": "10.0.0.9"},
         "Service": {"ID": "api-1", "Service": "api", "Tags": null, "Address": "10.1.1.1", "Port": 8080,
-                    "Meta": {"env": "", "environment": "QA", "region": "eu-west-1", "version": "2.0.0", "weight": 5, "consul_node": "mine"}},
+                    "Meta": {"env": "", "environment": "qa", "region": "eu-west-1", "version": "2.0.0", "weight": 5, "consul_node": "mine"}},
         "Checks": []}]"#;
     let d = &ok(text).drafts[0];
     assert_eq!(d.id, "api-1");

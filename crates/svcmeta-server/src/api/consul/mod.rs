@@ -18,7 +18,7 @@ mod catalog;
 mod checks;
 mod filter;
 mod health;
-mod wire;
+pub mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;

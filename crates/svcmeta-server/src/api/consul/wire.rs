@@ -452,16 +452,11 @@ pub(crate) fn parse_register(body: &Value, limits: &Limits) -> Result<RegisterBo
             deregister_after_ms,
         });
     }
-    let version = meta
-        .get("version")
-        .filter(|v| is_version(v, limits))
-        .cloned();
-    let environment = meta
-        .get("env")
-        .or_else(|| meta.get("environment"))
-        .filter(|v| is_slug(v, limits))
-        .cloned();
-    let region = meta.get("region").filter(|v| is_slug(v, limits)).cloned();
+    let MetaFields {
+        version,
+        environment,
+        region,
+    } = fields_from_meta(&meta, limits);
     Ok(RegisterBody {
         draft: InstanceDraft {
             id,
@@ -482,6 +477,35 @@ pub(crate) fn parse_register(body: &Value, limits: &Limits) -> Result<RegisterBo
 
 /// Whether `value` passes the slug rule of environment and region (DESIGN §1). An allowed
 /// list in the configuration is not consulted here: a slug outside it is a validation error.
+/// The native fields a Consul registration's Meta carries (DESIGN §4).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetaFields {
+    /// From `Meta["version"]`.
+    pub version: Option<String>,
+    /// From `Meta["env"]`, else `Meta["environment"]`.
+    pub environment: Option<String>,
+    /// From `Meta["region"]`.
+    pub region: Option<String>,
+}
+
+/// Reads version, environment and region from Consul Meta. A value that would not pass the
+/// field's rule is left in meta only, so one odd value (`"env": "Production EU"`) never makes
+/// a whole registration or import fail. Used by the `/v1` API and by the Consul importer.
+pub fn fields_from_meta(meta: &BTreeMap<String, String>, limits: &Limits) -> MetaFields {
+    MetaFields {
+        version: meta
+            .get("version")
+            .filter(|v| is_version(v, limits))
+            .cloned(),
+        environment: meta
+            .get("env")
+            .filter(|v| is_slug(v, limits))
+            .or_else(|| meta.get("environment").filter(|v| is_slug(v, limits)))
+            .cloned(),
+        region: meta.get("region").filter(|v| is_slug(v, limits)).cloned(),
+    }
+}
+
 fn is_slug(value: &str, limits: &Limits) -> bool {
     let mut chars = value.chars();
     value.len() <= limits.max_slug_len
