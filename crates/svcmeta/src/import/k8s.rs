@@ -383,8 +383,9 @@ impl Mapper<'_> {
         };
         let service = pick(&SERVICE_LABELS).unwrap_or_else(|| name.to_string());
         let label_version = pick(&VERSION_LABELS);
+        // Label values may be upper case; environments and regions are lower-case slugs.
         let environment = pick(&ENVIRONMENT_LABELS).map(|env| env.to_lowercase());
-        let region = pick(&REGION_LABELS);
+        let region = pick(&REGION_LABELS).map(|region| region.to_lowercase());
 
         let container = match path(yaml, &["spec", "template", "spec", "containers"]) {
             None => None,

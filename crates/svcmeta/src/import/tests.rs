@@ -751,7 +751,7 @@ spec:
         app.kubernetes.io/version: \"16.2\"
         env: Prod
         environment: Staging
-        region: eu-west-1
+        region: EU-West-1
         tier: storage
         zone: b
     spec:
@@ -768,7 +768,7 @@ spec:
         s("staging"),
         "`environment` first, lower-cased"
     );
-    assert_eq!(d.region, s("eu-west-1"));
+    assert_eq!(d.region, s("eu-west-1"), "lower-cased like the environment");
     assert_eq!(d.port, 0, "no containerPort");
     assert_eq!(meta(d, "kind"), s("StatefulSet"));
     // Unused labels: `app` (app.kubernetes.io/name was used), `env` (environment was used);
