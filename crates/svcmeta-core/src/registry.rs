@@ -242,6 +242,9 @@ pub struct Registry {
     index: Index,
     /// Lower-cased service names, sorted: the first key of the result order.
     sorted_services: BTreeSet<Text>,
+    /// Lower-cased service → its slots ordered by instance id: a single-service page is read
+    /// in order from here instead of sorting every candidate.
+    service_order: HashMap<Text, Vec<u32>>,
     /// Lower-cased service → revision of the last change to any of its instances. Kept after
     /// the service's last instance is gone (a tombstone), so the value never goes back.
     service_revisions: HashMap<Text, u64>,
@@ -267,6 +270,9 @@ impl Union<'_> {
 
 /// At most this many candidates are checked one by one against a union criterion.
 const PER_CANDIDATE_THRESHOLD: u64 = 256;
+
+/// Above this many candidates, a single-service page is read in id order (no sort).
+const IN_ORDER_THRESHOLD: u64 = 64;
 
 /// Above this many candidates, a paged query walks services in order instead of sorting all.
 const SORT_ALL_THRESHOLD: u64 = 4096;
@@ -318,6 +324,7 @@ impl Registry {
                 if let Some(slot) = self.by_id.remove(id.as_str()) {
                     if let Some(old) = self.slots.get_mut(slot as usize).and_then(Option::take) {
                         self.index.remove(slot, &old);
+                        self.order_remove(&old.fields.service, slot, old.id());
                         self.forget_service_if_empty(&old.fields.service);
                         self.touch_service(&old.fields.service, revision);
                     }
@@ -364,6 +371,8 @@ impl Registry {
                             .service
                             .eq_ignore_ascii_case(&stored.fields.service)
                         {
+                            self.order_remove(&old.fields.service, slot, old.id());
+                            self.order_insert(&stored.fields.service, slot, stored.id());
                             self.forget_service_if_empty(&old.fields.service);
                             self.touch_service(&old.fields.service, revision);
                         }
@@ -371,6 +380,7 @@ impl Registry {
                     None => {
                         debug_assert!(false, "slot {slot} of a known id is empty");
                         self.index.insert(slot, &mut stored.fields, stored.health);
+                        self.order_insert(&stored.fields.service, slot, stored.id());
                     }
                 }
                 slot
@@ -384,6 +394,7 @@ impl Registry {
                     }
                 };
                 self.index.insert(slot, &mut stored.fields, stored.health);
+                self.order_insert(&stored.fields.service, slot, stored.id());
                 self.by_id.insert(stored.id().into(), slot);
                 slot
             }
@@ -395,6 +406,46 @@ impl Registry {
         self.touch_service(&stored.fields.service, revision);
         if let Some(entry) = self.slots.get_mut(slot as usize) {
             *entry = Some(Arc::new(stored));
+        }
+    }
+
+    /// Puts `slot` into its service's id order (the slot itself is not yet readable).
+    fn order_insert(&mut self, service: &str, slot: u32, id: &str) {
+        let slots = &self.slots;
+        let list = self.service_order.entry(service_key(service)).or_default();
+        let position = list.partition_point(|s| {
+            slots
+                .get(*s as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|instance| instance.id() < id)
+        });
+        list.insert(position, slot);
+    }
+
+    /// Takes `slot` out of its service's id order (its instance already taken out of `slots`).
+    fn order_remove(&mut self, service: &str, slot: u32, id: &str) {
+        let key = service_key(service);
+        let slots = &self.slots;
+        let Some(list) = self.service_order.get_mut(key.as_ref()) else {
+            return;
+        };
+        let position = list.partition_point(|s| {
+            slots
+                .get(*s as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|instance| instance.id() < id)
+        });
+        if list.get(position) == Some(&slot) {
+            list.remove(position);
+        } else {
+            debug_assert!(
+                false,
+                "slot {slot} not at its place in the order of {service}"
+            );
+            list.retain(|s| *s != slot);
+        }
+        if list.is_empty() {
+            self.service_order.remove(key.as_ref());
         }
     }
 
@@ -412,6 +463,8 @@ impl Registry {
     }
 
     fn release_spare_capacity(&mut self) {
+        self.service_order.clear();
+        self.service_order.shrink_to_fit();
         self.slots.clear();
         self.slots.shrink_to_fit();
         self.free.clear();
@@ -446,13 +499,16 @@ impl Registry {
         let candidates = self.candidates(query, None);
         let total = candidates.len();
         let limit = page.limit.unwrap_or(usize::MAX);
-        let (instances, more) =
-            if query.service.is_some() || total <= SORT_ALL_THRESHOLD || page.limit.is_none() {
-                let single_service = query.service.is_some();
-                self.page_by_sorting(&candidates, page.cursor.as_ref(), limit, single_service)
-            } else {
-                self.page_by_service_walk(&candidates, page.cursor.as_ref(), limit)
-            };
+        let (instances, more) = if let (Some(service), Some(limit), true) =
+            (&query.service, page.limit, total > IN_ORDER_THRESHOLD)
+        {
+            self.page_in_service(service, &candidates, page.cursor.as_ref(), limit)
+        } else if query.service.is_some() || total <= SORT_ALL_THRESHOLD || page.limit.is_none() {
+            let single_service = query.service.is_some();
+            self.page_by_sorting(&candidates, page.cursor.as_ref(), limit, single_service)
+        } else {
+            self.page_by_service_walk(&candidates, page.cursor.as_ref(), limit)
+        };
         let next_cursor = if more {
             instances.last().map(|last| Cursor::after(last).encode())
         } else {
@@ -502,6 +558,46 @@ impl Registry {
         }
         matches.sort_unstable_by(|a, b| order(a, b));
         (matches.into_iter().cloned().collect(), more)
+    }
+
+    /// A page of one service's candidates, read in id order until the page is full.
+    fn page_in_service(
+        &self,
+        service: &str,
+        candidates: &RoaringBitmap,
+        cursor: Option<&Cursor>,
+        limit: usize,
+    ) -> (Vec<Arc<Instance>>, bool) {
+        let key = service_key(service);
+        let Some(list) = self.service_order.get(key.as_ref()) else {
+            return (Vec::new(), false);
+        };
+        let start = match cursor {
+            None => 0,
+            Some(cursor) => match cursor.service_key.as_str().cmp(key.as_ref()) {
+                std::cmp::Ordering::Less => 0,
+                std::cmp::Ordering::Greater => list.len(),
+                std::cmp::Ordering::Equal => list.partition_point(|s| {
+                    self.slots
+                        .get(*s as usize)
+                        .and_then(Option::as_ref)
+                        .is_some_and(|instance| instance.id() <= cursor.id.as_str())
+                }),
+            },
+        };
+        let mut page = Vec::with_capacity(limit.min(1024));
+        for slot in list.iter().skip(start) {
+            if !candidates.contains(*slot) {
+                continue;
+            }
+            if page.len() == limit {
+                return (page, true);
+            }
+            if let Some(instance) = self.slots.get(*slot as usize).and_then(Option::as_ref) {
+                page.push(Arc::clone(instance));
+            }
+        }
+        (page, false)
     }
 
     fn page_by_service_walk(
@@ -867,7 +963,12 @@ impl Registry {
     /// Estimated bytes held by the indexes and the id map (not the instance records).
     pub fn index_memory_bytes(&self) -> u64 {
         let id_map: u64 = self.by_id.keys().map(|k| k.len() as u64 + 24).sum();
-        self.index.memory_bytes() + id_map + (self.slots.capacity() as u64 * 8)
+        let order: u64 = self
+            .service_order
+            .values()
+            .map(|list| list.len() as u64 * 4 + 24)
+            .sum();
+        self.index.memory_bytes() + id_map + order + (self.slots.capacity() as u64 * 8)
     }
 }
 

@@ -18,6 +18,9 @@ pub use catalog::{
     WriteError, WriteOutcome,
 };
 
+/// How long a shutdown waits for open connections before dropping them.
+pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Serves the application on `listener` until `shutdown` resolves, then drains.
 pub async fn run(
     listener: tokio::net::TcpListener,
@@ -35,13 +38,28 @@ pub async fn run(
         Arc::clone(&catalog),
         Arc::clone(&consul),
     ));
-    let served = axum::serve(listener, api::app_with(state, consul))
-        .with_graceful_shutdown(async move {
+    let draining = Arc::new(tokio::sync::Notify::new());
+    let drain_started = Arc::clone(&draining);
+    let serve =
+        axum::serve(listener, api::app_with(state, consul)).with_graceful_shutdown(async move {
             shutdown.await;
             // Parked blocking reads answer now and event streams end, so draining is quick.
             closing.begin_shutdown();
-        })
-        .await;
+            drain_started.notify_one();
+        });
+    // A client that keeps a connection open without sending anything must not hold the
+    // shutdown forever: after DRAIN_TIMEOUT the remaining connections are dropped. Every
+    // acknowledged write is durable already; an unacknowledged one may or may not land.
+    let served = tokio::select! {
+        served = serve => served,
+        () = async {
+            draining.notified().await;
+            tokio::time::sleep(DRAIN_TIMEOUT).await;
+        } => {
+            tracing::warn!("connections still open {DRAIN_TIMEOUT:?} after the shutdown signal; closing them");
+            Ok(())
+        }
+    };
     reaper.abort();
     // Every acknowledged write is already durable; this finishes anything still queued.
     tokio::task::spawn_blocking(move || catalog.shutdown())

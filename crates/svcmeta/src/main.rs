@@ -24,9 +24,11 @@ use crate::config::{Config, Overrides};
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SVCMETA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only on a terminal: a log file or a pipe gets plain text.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 

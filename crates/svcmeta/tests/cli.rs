@@ -1051,3 +1051,18 @@ fn query_filter_and_watch_through_a_running_server() {
     assert!(local.stderr.contains("--server"), "{local:#?}");
     assert!(server.terminate().success());
 }
+
+#[test]
+fn a_half_sent_request_does_not_hold_the_shutdown() {
+    let temp = TempDir::new("slow-client");
+    let data = temp.join("data");
+    let server = ServerProcess::start(&data, &temp);
+    let address = server.url.trim_start_matches("http://").to_string();
+    let mut stalled = std::net::TcpStream::connect(&address).expect("connect");
+    stalled
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .expect("half a request");
+    // The server must still stop (after its drain timeout), with exit status 0.
+    assert_eq!(server.terminate().code(), Some(0));
+    drop(stalled);
+}

@@ -1964,3 +1964,87 @@ fn stored_instances_share_interned_strings() {
     assert!(std::sync::Arc::ptr_eq(a_key, b_key));
     assert!(std::sync::Arc::ptr_eq(a_value, b_value));
 }
+
+#[test]
+fn a_large_single_service_pages_in_id_order_without_sorting() {
+    // 700 instances of one service (registered in scrambled order, some moved to another
+    // service and back, some removed) and a tag on about half: every page read from the
+    // per-service id order must match a sorted scan.
+    let mut registry = Registry::new();
+    let mut revision = 0;
+    let mut apply = |registry: &mut Registry, mutation: Mutation| {
+        revision += 1;
+        let current = registry.get(mutation.id()).cloned();
+        if let Ok(Some(change)) = resolve(current.as_ref(), mutation, revision, 0) {
+            registry.apply(change);
+        }
+    };
+    let register = |id: String, service: &str, tagged: bool| {
+        let draft = InstanceDraft {
+            id,
+            service: service.to_string(),
+            tags: if tagged {
+                vec!["hot".to_string()]
+            } else {
+                Vec::new()
+            },
+            ..InstanceDraft::default()
+        };
+        Mutation::Register(validate(draft, &Limits::standard()).unwrap())
+    };
+    for n in 0..700u32 {
+        let scrambled = (n * 389) % 700;
+        apply(
+            &mut registry,
+            register(format!("i-{scrambled:04}"), "Big", scrambled % 3 != 0),
+        );
+    }
+    for n in (0..700u32).step_by(7) {
+        apply(&mut registry, register(format!("i-{n:04}"), "other", true));
+    }
+    for n in (0..700u32).step_by(14) {
+        apply(&mut registry, register(format!("i-{n:04}"), "big", true));
+    }
+    for n in (5..700u32).step_by(50) {
+        apply(&mut registry, Mutation::Deregister(format!("i-{n:04}")));
+    }
+    for query in [
+        Query {
+            service: Some("BIG".to_string()),
+            ..Query::default()
+        },
+        Query {
+            service: Some("big".to_string()),
+            tags_all: vec!["hot".to_string()],
+            ..Query::default()
+        },
+    ] {
+        let mut expected: Vec<String> = registry
+            .instances()
+            .filter(|i| query.matches(i))
+            .map(|i| i.id().to_string())
+            .collect();
+        expected.sort();
+        assert!(expected.len() > 64, "the in-order path is exercised");
+        for limit in [1, 7, 100, 1000] {
+            let mut seen = Vec::new();
+            let mut cursor = None;
+            loop {
+                let page = registry.query(
+                    &query,
+                    &Page {
+                        limit: Some(limit),
+                        cursor: cursor.clone(),
+                    },
+                );
+                assert_eq!(page.total, expected.len() as u64);
+                seen.extend(page.instances.iter().map(|i| i.id().to_string()));
+                match page.next_cursor {
+                    Some(next) => cursor = Some(Cursor::decode(&next).unwrap()),
+                    None => break,
+                }
+            }
+            assert_eq!(seen, expected, "limit {limit}");
+        }
+    }
+}

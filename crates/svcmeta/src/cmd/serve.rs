@@ -8,27 +8,28 @@ use svcmeta_server::AppState;
 use crate::backend::CommandError;
 use crate::config::Config;
 
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Installs the SIGINT and SIGTERM handlers now (so a signal that arrives right after the
+/// server announces itself is never the default, killing action) and returns a future that
+/// resolves on the first of them.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
+    let (mut interrupt, mut terminate) = {
+        use tokio::signal::unix::{signal, SignalKind};
+        (
+            signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+            signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+        )
     };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = interrupt => {},
-        _ = terminate => {},
-    }
-    tracing::info!("shutting down: finishing in-flight requests");
+    Ok(async move {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = interrupt.recv() => {},
+            _ = terminate.recv() => {},
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down: finishing in-flight requests");
+    })
 }
 
 /// Runs the server.
@@ -47,6 +48,7 @@ pub(crate) fn run(config: &Config) -> Result<(), CommandError> {
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let address = listener.local_addr().context("listener address")?;
+        let shutdown = shutdown_signal()?;
         tracing::info!(
             %address,
             store = catalog.store_kind(),
@@ -56,11 +58,15 @@ pub(crate) fn run(config: &Config) -> Result<(), CommandError> {
         );
         // One line on stdout so scripts and tests learn the bound address (port 0 works).
         println!("svcmeta listening on http://{address}");
-        svcmeta_server::run(listener, state, shutdown_signal())
+        svcmeta_server::run(listener, state, shutdown)
             .await
             .context("server failed")?;
         anyhow::Ok(())
     })?;
-    tracing::info!("stopped; every acknowledged write is durable");
+    if catalog.store_kind() == "memory" {
+        tracing::info!("stopped (memory store: nothing was persisted)");
+    } else {
+        tracing::info!("stopped; every acknowledged write is durable");
+    }
     Ok(())
 }
