@@ -168,3 +168,28 @@ fn events_and_leases_survive_a_reopen_and_old_events_are_trimmed() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn records_of_the_earlier_json_format_still_load() {
+    // Format 1 as the first release wrote it: the format byte, then the instance as JSON.
+    let original = instance("a", 7);
+    let mut json_record = vec![codec::RECORD_FORMAT];
+    json_record.extend(serde_json::to_vec(&*original).unwrap());
+    assert_eq!(codec::decode("a", &json_record).unwrap(), *original);
+    // This build writes the binary format, which round-trips every field.
+    let binary = codec::encode(&original);
+    assert_eq!(binary[0], codec::BINARY_FORMAT);
+    assert!(binary.len() < json_record.len(), "binary is more compact");
+    let mut critical = Instance::clone(&original);
+    critical.health = Health::Critical;
+    critical.fields.ttl_ms = Some(30_000);
+    assert_eq!(
+        codec::decode("a", &codec::encode(&critical)).unwrap(),
+        critical
+    );
+    // A truncated binary record is reported, not mis-read.
+    assert!(matches!(
+        codec::decode("a", &binary[..binary.len() / 2]),
+        Err(StoreError::Corrupt { .. })
+    ));
+}
