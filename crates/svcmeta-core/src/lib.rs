@@ -30,5 +30,8 @@ pub use query::{Cursor, CursorError, MetaCriterion, Page, PlanStep, Query, Query
 pub use registry::{
     resolve, Change, IndexStats, Mutation, MutationError, Registry, ServiceSummary, ValueCount,
 };
-pub use validate::{validate, Limits, RequiredField, ValidationErrors, VersionFormat, Violation};
+pub use validate::{
+    slug_is_valid, validate, version_is_valid, Limits, RequiredField, ValidationErrors,
+    VersionFormat, Violation,
+};
 pub use version::{parse as parse_version, VersionCriterion, VersionCriterionError};

@@ -220,6 +220,22 @@ pub fn validate(draft: InstanceDraft, limits: &Limits) -> Result<Registration, V
     })
 }
 
+/// Whether `version` would pass the version rule of [`validate`]; for mappings that keep a
+/// value out of a field rather than reject it (Consul `Meta["version"]`).
+pub fn version_is_valid(version: &str, limits: &Limits) -> bool {
+    let mut report = Report::default();
+    check_version(&mut report, Some(version), limits);
+    report.violations.is_empty()
+}
+
+/// Whether `value` has the shape [`validate`] requires of an environment or region (a
+/// lower-case slug within the length limit); the configured allowed lists are not consulted.
+pub fn slug_is_valid(value: &str, limits: &Limits) -> bool {
+    let mut report = Report::default();
+    check_slug(&mut report, "", Some(value), limits.max_slug_len, None);
+    report.violations.is_empty()
+}
+
 fn is_id_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')
 }

@@ -784,3 +784,46 @@ fn errors_display_joined_with_semicolons_and_can_be_prefixed() {
         serde_json::json!({"field": "tags[3]", "message": "131 bytes, limit 128"})
     );
 }
+
+#[test]
+fn field_predicates_follow_the_validation_rules() {
+    let limits = Limits::standard();
+    for (value, ok) in [
+        ("prod", true),
+        ("eu-west-1", true),
+        ("0a.b_c", true),
+        ("", false),
+        ("Prod", false),
+        ("-prod", false),
+        ("eu west", false),
+        ("прод", false),
+    ] {
+        assert_eq!(slug_is_valid(value, &limits), ok, "{value:?}");
+    }
+    assert!(
+        !slug_is_valid(&"a".repeat(65), &limits),
+        "over max_slug_len"
+    );
+    let pinned = Limits {
+        environments: Some(vec!["prod".to_string()]),
+        ..Limits::standard()
+    };
+    assert!(
+        slug_is_valid("staging", &pinned),
+        "allowed lists are not consulted"
+    );
+    for (value, ok) in [
+        ("1.2.3", true),
+        ("alpine", true),
+        ("", false),
+        ("1 2", false),
+    ] {
+        assert_eq!(version_is_valid(value, &limits), ok, "{value:?}");
+    }
+    let semver = Limits {
+        version_format: VersionFormat::Semver,
+        ..Limits::standard()
+    };
+    assert!(version_is_valid("v2", &semver));
+    assert!(!version_is_valid("alpine", &semver));
+}

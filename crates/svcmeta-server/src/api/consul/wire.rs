@@ -19,8 +19,8 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use svcmeta_core::{
-    parse_duration_ms, parse_version, Health, Instance, InstanceDraft, Limits, Meta, Text,
-    VersionFormat,
+    parse_duration_ms, slug_is_valid, version_is_valid, Health, Instance, InstanceDraft, Limits,
+    Meta, Text,
 };
 
 /// Consul's version that svcmeta's API follows (reported by `/v1/agent/self`).
@@ -495,33 +495,18 @@ pub fn fields_from_meta(meta: &BTreeMap<String, String>, limits: &Limits) -> Met
     MetaFields {
         version: meta
             .get("version")
-            .filter(|v| is_version(v, limits))
+            .filter(|v| version_is_valid(v, limits))
             .cloned(),
         environment: meta
             .get("env")
-            .filter(|v| is_slug(v, limits))
-            .or_else(|| meta.get("environment").filter(|v| is_slug(v, limits)))
+            .filter(|v| slug_is_valid(v, limits))
+            .or_else(|| meta.get("environment").filter(|v| slug_is_valid(v, limits)))
             .cloned(),
-        region: meta.get("region").filter(|v| is_slug(v, limits)).cloned(),
+        region: meta
+            .get("region")
+            .filter(|v| slug_is_valid(v, limits))
+            .cloned(),
     }
-}
-
-fn is_slug(value: &str, limits: &Limits) -> bool {
-    let mut chars = value.chars();
-    value.len() <= limits.max_slug_len
-        && chars
-            .next()
-            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && chars
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
-}
-
-/// Whether `value` passes the version rule (non-empty, no spaces, semver when required).
-fn is_version(value: &str, limits: &Limits) -> bool {
-    !value.is_empty()
-        && value.len() <= limits.max_version_len
-        && !value.chars().any(|c| c.is_control() || c.is_whitespace())
-        && (limits.version_format == VersionFormat::Any || parse_version(value).is_some())
 }
 
 /// Reads a `PUT /v1/agent/check/update` body: `Status` and `Output`.
