@@ -92,6 +92,16 @@ pub enum MutationError {
     /// The instance has no ttl, so it has no lease to renew.
     #[error("instance {0:?} has no ttl; register it with a ttl to use leases")]
     NoLease(String),
+    /// A compare-and-set write found another revision than the one it expected.
+    #[error("instance {id:?} is at revision {actual}, not {expected} (0: absent) as the write expected; read it again and retry")]
+    Conflict {
+        /// The instance id.
+        id: String,
+        /// The revision the write expected (0: the instance must not exist).
+        expected: u64,
+        /// The instance's revision (0: it does not exist).
+        actual: u64,
+    },
     /// The registry is full.
     #[error("the write would take the registry over its max_instances limit of {limit}")]
     Full {

@@ -28,7 +28,7 @@ use svcmeta_core::{
     resolve, CachedPage, Change, Event, Health, IndexStats, Instance, Limits, Mutation,
     MutationError, Page, PlanStep, Query, QueryAnswer, QueryCache, Registry, ServiceSummary,
 };
-use svcmeta_store::{Batch, Store, StoreError};
+use svcmeta_store::{Batch, LeaseClaim, Store, StoreError};
 use tokio::sync::{oneshot, watch};
 
 use crate::metrics::QueryStats;
@@ -80,6 +80,12 @@ pub enum WriteError {
     /// The catalog is shutting down.
     #[error("the registry is shutting down")]
     ShuttingDown,
+    /// Other nodes kept writing the same instance; the request gave up after retrying.
+    #[error("instance {id:?} is being written concurrently through other nodes; retry")]
+    Contended {
+        /// The instance id.
+        id: String,
+    },
 }
 
 /// What a write request did.
@@ -110,7 +116,29 @@ impl QueuedWrite {
 
 struct WriteRequest {
     mutations: Vec<Mutation>,
+    /// Compare-and-set: each id must be at this modify revision (0: absent).
+    expect: Vec<(String, u64)>,
+    /// A lease timer this write carries out (shared store).
+    claim: Option<LeaseClaim>,
+    /// How often the request was resolved again after a conflict (shared store).
+    attempt: u8,
     reply: oneshot::Sender<Result<WriteOutcome, WriteError>>,
+}
+
+impl WriteRequest {
+    fn new(
+        mutations: Vec<Mutation>,
+        expect: Vec<(String, u64)>,
+        reply: oneshot::Sender<Result<WriteOutcome, WriteError>>,
+    ) -> WriteRequest {
+        WriteRequest {
+            mutations,
+            expect,
+            claim: None,
+            attempt: 0,
+            reply,
+        }
+    }
 }
 
 /// Milliseconds since the Unix epoch.
@@ -232,6 +260,8 @@ struct Shared {
     events: Mutex<VecDeque<Event>>,
     leases: Mutex<Leases>,
     stopping: AtomicBool,
+    /// Follower state when the store is shared (Redis).
+    replication: replication::Replication,
 }
 
 /// The registry with its store, cache, statistics and write sequencer.
@@ -240,6 +270,7 @@ pub struct Catalog {
     writer: Mutex<Option<mpsc::Sender<WriteRequest>>>,
     committer: Mutex<Option<JoinHandle<()>>>,
     lease_timer: Mutex<Option<JoinHandle<()>>>,
+    follower: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -272,23 +303,14 @@ impl Catalog {
         settings: CatalogSettings,
         clock: Arc<dyn Clock>,
     ) -> Result<Catalog, StoreError> {
-        let snapshot = store.load()?;
         let now = clock.now_ms();
-        let mut registry = Registry::new();
-        let mut leases = Leases::default();
-        let stored_leases: HashMap<String, u64> = snapshot.leases.into_iter().collect();
-        for instance in snapshot.instances {
-            if let Some(ttl) = instance.fields.ttl_ms {
-                // A lease without a stored deadline (an older file) gets a fresh one.
-                let deadline = stored_leases
-                    .get(instance.id())
-                    .copied()
-                    .unwrap_or(now.saturating_add(ttl));
-                leases.set(instance.id(), Some(deadline));
-            }
-            registry.load(instance);
-        }
-        registry.advance_revision(snapshot.revision);
+        let replication = replication::Replication::default();
+        let snapshot = match &store {
+            Store::Shared(shared) => replication.start(shared)?,
+            _ => store.load()?,
+        };
+        let (registry, leases) =
+            build_registry(snapshot.instances, snapshot.revision, snapshot.leases, now);
         let mut events: VecDeque<Event> = snapshot.events.into();
         while events.len() as u64 > settings.event_retention {
             events.pop_front();
@@ -313,6 +335,7 @@ impl Catalog {
             events: Mutex::new(events),
             leases: Mutex::new(leases),
             stopping: AtomicBool::new(false),
+            replication,
         });
         let (sender, receiver) = mpsc::channel();
         let committer_shared = Arc::clone(&shared);
@@ -323,11 +346,26 @@ impl Catalog {
                 path: "committer thread".into(),
                 source,
             })?;
+        let follower = if matches!(shared.store, Store::Shared(_)) {
+            let follower_shared = Arc::clone(&shared);
+            Some(
+                std::thread::Builder::new()
+                    .name("svcmeta-follower".to_string())
+                    .spawn(move || follower_shared.run_follower())
+                    .map_err(|source| StoreError::Io {
+                        path: "follower thread".into(),
+                        source,
+                    })?,
+            )
+        } else {
+            None
+        };
         Ok(Catalog {
             shared,
             writer: Mutex::new(Some(sender)),
             committer: Mutex::new(Some(committer)),
             lease_timer: Mutex::new(None),
+            follower: Mutex::new(follower),
         })
     }
 
@@ -347,7 +385,12 @@ impl Catalog {
             .spawn(move || {
                 while !shared.stopping.load(Ordering::SeqCst) {
                     let now = shared.clock.now_ms();
-                    let next = shared.expire_due(now, &writer);
+                    let next = if matches!(shared.store, Store::Shared(_)) {
+                        shared.expire_shared(now, &writer);
+                        Some(now + replication::TIMER_POLL_MS)
+                    } else {
+                        shared.expire_due(now, &writer)
+                    };
                     let wait = next.map_or(200, |at| at.saturating_sub(now).clamp(1, 200));
                     std::thread::sleep(std::time::Duration::from_millis(wait));
                 }
@@ -368,7 +411,12 @@ impl Catalog {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()?;
-        self.shared.expire_due(self.shared.clock.now_ms(), &writer)
+        let now = self.shared.clock.now_ms();
+        if matches!(self.shared.store, Store::Shared(_)) {
+            self.shared.expire_shared(now, &writer);
+            return None;
+        }
+        self.shared.expire_due(now, &writer)
     }
 
     /// The lease deadline of an instance (Unix ms), if it has a lease.
@@ -431,13 +479,14 @@ impl Catalog {
     fn submit(
         &self,
         mutations: Vec<Mutation>,
+        expect: Vec<(String, u64)>,
     ) -> oneshot::Receiver<Result<WriteOutcome, WriteError>> {
         let (reply, receiver) = oneshot::channel();
         let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         match writer.as_ref() {
             Some(sender) => {
                 if let Err(mpsc::SendError(request)) =
-                    sender.send(WriteRequest { mutations, reply })
+                    sender.send(WriteRequest::new(mutations, expect, reply))
                 {
                     let _ = request.reply.send(Err(WriteError::ShuttingDown));
                 }
@@ -453,20 +502,31 @@ impl Catalog {
     /// yields the outcome. Lets a bulk loader prepare its next batch while this one commits.
     pub fn write_queued(&self, mutations: Vec<Mutation>) -> QueuedWrite {
         QueuedWrite {
-            receiver: self.submit(mutations),
+            receiver: self.submit(mutations, Vec::new()),
         }
     }
 
     /// Applies mutations durably, all or nothing, waiting for the commit (async callers).
     pub async fn write(&self, mutations: Vec<Mutation>) -> Result<WriteOutcome, WriteError> {
-        self.submit(mutations)
+        self.write_checked(mutations, Vec::new()).await
+    }
+
+    /// Like [`Catalog::write`], but only if each `(id, revision)` of `expect` holds: the
+    /// instance is at that modify revision (0: it does not exist). Otherwise nothing is
+    /// written and the error is [`MutationError::Conflict`].
+    pub async fn write_checked(
+        &self,
+        mutations: Vec<Mutation>,
+        expect: Vec<(String, u64)>,
+    ) -> Result<WriteOutcome, WriteError> {
+        self.submit(mutations, expect)
             .await
             .unwrap_or(Err(WriteError::ShuttingDown))
     }
 
     /// Applies mutations durably, all or nothing, blocking the thread (CLI, tests).
     pub fn write_blocking(&self, mutations: Vec<Mutation>) -> Result<WriteOutcome, WriteError> {
-        self.submit(mutations)
+        self.submit(mutations, Vec::new())
             .blocking_recv()
             .unwrap_or(Err(WriteError::ShuttingDown))
     }
@@ -502,6 +562,14 @@ impl Catalog {
             .take();
         if let Some(handle) = handle {
             let _ = handle.join();
+        }
+        let follower = self
+            .follower
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(follower) = follower {
+            let _ = follower.join();
         }
     }
 
@@ -625,6 +693,47 @@ struct Accepted {
     states: Vec<Option<Arc<Instance>>>,
     changed: usize,
     revision: u64,
+    /// The request as it came, to resolve again after a conflict (shared store only).
+    retry: Option<Retry>,
+}
+
+/// What is needed to resolve a request again.
+struct Retry {
+    mutations: Vec<Mutation>,
+    expect: Vec<(String, u64)>,
+    claim: Option<LeaseClaim>,
+    attempt: u8,
+}
+
+impl Retry {
+    fn into_request(
+        self,
+        reply: oneshot::Sender<Result<WriteOutcome, WriteError>>,
+    ) -> WriteRequest {
+        WriteRequest {
+            mutations: self.mutations,
+            expect: self.expect,
+            claim: self.claim,
+            attempt: self.attempt,
+            reply,
+        }
+    }
+}
+
+/// A batch resolved against the registry, not yet stored.
+struct Resolution {
+    /// The registry's revision when resolving; changes carry `base + 1 ..`.
+    base: u64,
+    /// The revision of the last change (`base` when there is none).
+    revision: u64,
+    changes: Vec<Change>,
+    events: Vec<Event>,
+    lease_updates: Vec<(String, Option<u64>)>,
+    /// Each id read from the registry with the modify revision it had (0: absent).
+    checks: Vec<(String, u64)>,
+    claims: Vec<LeaseClaim>,
+    accepted: Vec<Accepted>,
+    rejected: Vec<(WriteRequest, MutationError)>,
 }
 
 impl Shared {
@@ -641,7 +750,10 @@ impl Shared {
                     Err(_) => break,
                 }
             }
-            self.commit_batch(batch);
+            match &self.store {
+                Store::Shared(store) => self.commit_shared(store, batch),
+                _ => self.commit_batch(batch),
+            }
         }
     }
 
@@ -687,10 +799,7 @@ impl Shared {
         for mutation in due {
             let (tx, rx) = oneshot::channel();
             if writer
-                .send(WriteRequest {
-                    mutations: vec![mutation],
-                    reply: tx,
-                })
+                .send(WriteRequest::new(vec![mutation], Vec::new(), tx))
                 .is_err()
             {
                 break;
@@ -700,100 +809,229 @@ impl Shared {
         next
     }
 
-    fn commit_batch(&self, batch: Vec<WriteRequest>) {
-        let now = self.clock.now_ms();
-        let mut changes: Vec<Change> = Vec::new();
-        let mut events: Vec<Event> = Vec::new();
-        let mut lease_updates: Vec<(String, Option<u64>)> = Vec::new();
-        let mut accepted: Vec<Accepted> = Vec::new();
-        let revision = {
-            let registry = read_lock(&self.registry);
-            let mut revision = registry.revision();
-            let mut live = registry.len() as u64;
-            // The state of ids written earlier in this batch.
-            let mut overlay: HashMap<String, Option<Arc<Instance>>> = HashMap::new();
-            for request in batch {
-                let start_revision = revision;
-                let start_live = live;
-                let mut local: HashMap<String, Option<Arc<Instance>>> = HashMap::new();
-                let mut local_changes = Vec::new();
-                let mut local_events = Vec::new();
-                let mut local_leases = Vec::new();
-                let mut states = Vec::with_capacity(request.mutations.len());
-                let mut failure = None;
-                for mutation in request.mutations {
-                    let id = mutation.id().to_string();
-                    let renews = matches!(mutation, Mutation::Register(_) | Mutation::Renew(_));
-                    let current: Option<Arc<Instance>> = match local.get(&id).or(overlay.get(&id)) {
-                        Some(state) => state.clone(),
-                        None => registry.get(&id).cloned(),
-                    };
-                    match resolve(current.as_ref(), mutation, revision + 1, now) {
-                        Ok(None) => {
-                            // An unchanged registration or a renewal still restarts a lease.
-                            let ttl = current.as_ref().and_then(|i| i.fields.ttl_ms);
-                            if let (true, Some(ttl)) = (renews, ttl) {
-                                local_leases.push((id, Some(now.saturating_add(ttl))));
-                            }
-                            states.push(current);
+    /// Resolves each request of a batch against the registry (and the requests before it),
+    /// all or nothing per request, with placeholder revisions following the registry's.
+    /// With `keep`, accepted and rejected requests keep a copy to be resolved again.
+    fn resolve_batch(&self, batch: Vec<WriteRequest>, now: u64, keep: bool) -> Resolution {
+        let registry = read_lock(&self.registry);
+        let base = registry.revision();
+        let mut resolution = Resolution {
+            base,
+            revision: base,
+            changes: Vec::new(),
+            events: Vec::new(),
+            lease_updates: Vec::new(),
+            checks: Vec::new(),
+            claims: Vec::new(),
+            accepted: Vec::new(),
+            rejected: Vec::new(),
+        };
+        let mut revision = base;
+        let mut live = registry.len() as u64;
+        // The state of ids written earlier in this batch.
+        let mut overlay: HashMap<String, Option<Arc<Instance>>> = HashMap::new();
+        let mut checked: hashbrown::HashSet<String> = hashbrown::HashSet::new();
+        for request in batch {
+            let start_revision = revision;
+            let start_live = live;
+            let retry = keep.then(|| Retry {
+                mutations: request.mutations.clone(),
+                expect: request.expect.clone(),
+                claim: request.claim.clone(),
+                attempt: request.attempt,
+            });
+            let mut local: HashMap<String, Option<Arc<Instance>>> = HashMap::new();
+            let mut local_checks: Vec<(String, u64)> = Vec::new();
+            let mut local_changes = Vec::new();
+            let mut local_events = Vec::new();
+            let mut local_leases = Vec::new();
+            let mut states = Vec::with_capacity(request.mutations.len());
+            let mut failure = None;
+            let current_of = |id: &str,
+                              local: &HashMap<String, Option<Arc<Instance>>>,
+                              local_checks: &mut Vec<(String, u64)>|
+             -> Option<Arc<Instance>> {
+                match local.get(id).or(overlay.get(id)) {
+                    Some(state) => state.clone(),
+                    None => {
+                        let state = registry.get(id).cloned();
+                        if !checked.contains(id)
+                            && !local_checks.iter().any(|(checked, _)| checked == id)
+                        {
+                            let revision = state.as_ref().map_or(0, |i| i.modify_revision);
+                            local_checks.push((id.to_string(), revision));
                         }
-                        Ok(Some(change)) => {
-                            let state = match &change {
-                                Change::Put(instance) => Some(Arc::clone(instance)),
-                                Change::Remove { .. } => None,
-                            };
-                            match (&current, &state) {
-                                (None, Some(_)) => live += 1,
-                                (Some(_), None) => live = live.saturating_sub(1),
-                                _ => {}
-                            }
-                            // Only a new instance can break the limit: removals and health
-                            // changes stay possible after the limit was lowered.
-                            if current.is_none() && live > self.settings.max_instances {
-                                failure = Some(MutationError::Full {
-                                    limit: self.settings.max_instances,
-                                });
-                                break;
-                            }
-                            revision += 1;
-                            let had_lease =
-                                current.as_ref().is_some_and(|i| i.fields.ttl_ms.is_some());
-                            let ttl = state.as_ref().and_then(|i| i.fields.ttl_ms);
-                            if (renews || state.is_none()) && (had_lease || ttl.is_some()) {
-                                local_leases
-                                    .push((id.clone(), ttl.map(|ttl| now.saturating_add(ttl))));
-                            }
-                            local_events.extend(Event::describe(current.as_ref(), &change));
-                            local.insert(id, state.clone());
-                            local_changes.push(change);
-                            states.push(state);
-                        }
-                        Err(error) => {
-                            failure = Some(error);
-                            break;
-                        }
+                        state
                     }
                 }
-                if let Some(error) = failure {
-                    revision = start_revision;
-                    live = start_live;
-                    let _ = request.reply.send(Err(WriteError::Rejected(error)));
-                    continue;
+            };
+            for (id, expected) in &request.expect {
+                let actual = current_of(id, &local, &mut local_checks)
+                    .map_or(0, |instance| instance.modify_revision);
+                if actual != *expected {
+                    failure = Some(MutationError::Conflict {
+                        id: id.clone(),
+                        expected: *expected,
+                        actual,
+                    });
+                    break;
                 }
-                let changed = local_changes.len();
-                overlay.extend(local);
-                changes.extend(local_changes);
-                events.extend(local_events);
-                lease_updates.extend(local_leases);
-                accepted.push(Accepted {
-                    reply: request.reply,
-                    states,
-                    changed,
-                    revision,
-                });
             }
-            revision
-        };
+            if let Some(claim) = &request.claim {
+                // A timer is carried out against the instance as this node knows it.
+                current_of(&claim.id, &local, &mut local_checks);
+            }
+            let claim_only = request.claim.is_some();
+            for mutation in request.mutations {
+                if failure.is_some() {
+                    break;
+                }
+                let id = mutation.id().to_string();
+                let renews = matches!(mutation, Mutation::Register(_) | Mutation::Renew(_));
+                let current = current_of(&id, &local, &mut local_checks);
+                match resolve(current.as_ref(), mutation, revision + 1, now) {
+                    Ok(None) => {
+                        // An unchanged registration or a renewal still restarts a lease.
+                        let ttl = current.as_ref().and_then(|i| i.fields.ttl_ms);
+                        if let (true, Some(ttl)) = (renews, ttl) {
+                            local_leases.push((id, Some(now.saturating_add(ttl))));
+                        }
+                        states.push(current);
+                    }
+                    Ok(Some(change)) => {
+                        let state = match &change {
+                            Change::Put(instance) => Some(Arc::clone(instance)),
+                            Change::Remove { .. } => None,
+                        };
+                        match (&current, &state) {
+                            (None, Some(_)) => live += 1,
+                            (Some(_), None) => live = live.saturating_sub(1),
+                            _ => {}
+                        }
+                        // Only a new instance can break the limit: removals and health
+                        // changes stay possible after the limit was lowered.
+                        if current.is_none() && live > self.settings.max_instances {
+                            failure = Some(MutationError::Full {
+                                limit: self.settings.max_instances,
+                            });
+                            break;
+                        }
+                        revision += 1;
+                        let had_lease = current.as_ref().is_some_and(|i| i.fields.ttl_ms.is_some());
+                        let ttl = state.as_ref().and_then(|i| i.fields.ttl_ms);
+                        if (renews || state.is_none()) && (had_lease || ttl.is_some()) {
+                            local_leases.push((id.clone(), ttl.map(|ttl| now.saturating_add(ttl))));
+                        }
+                        local_events.extend(Event::describe(current.as_ref(), &change));
+                        local.insert(id, state.clone());
+                        local_changes.push(change);
+                        states.push(state);
+                    }
+                    // A timer whose instance is gone is still taken off the timer set.
+                    Err(MutationError::NotFound(_)) if claim_only => states.push(None),
+                    Err(error) => {
+                        failure = Some(error);
+                        break;
+                    }
+                }
+            }
+            let reply = request.reply;
+            if let Some(error) = failure {
+                revision = start_revision;
+                live = start_live;
+                let request = match retry {
+                    Some(retry) => retry.into_request(reply),
+                    None => WriteRequest::new(Vec::new(), Vec::new(), reply),
+                };
+                resolution.rejected.push((request, error));
+                continue;
+            }
+            let changed = local_changes.len();
+            overlay.extend(local);
+            for (id, revision) in local_checks {
+                checked.insert(id.clone());
+                resolution.checks.push((id, revision));
+            }
+            if let Some(claim) = &request.claim {
+                resolution.claims.push(claim.clone());
+            }
+            resolution.changes.extend(local_changes);
+            resolution.events.extend(local_events);
+            resolution.lease_updates.extend(local_leases);
+            resolution.accepted.push(Accepted {
+                reply,
+                states,
+                changed,
+                revision,
+                retry,
+            });
+        }
+        resolution.revision = revision;
+        resolution
+    }
+
+    /// Applies stored changes to the registry, keeps their events, updates lease deadlines
+    /// and wakes watchers.
+    fn apply_stored(
+        &self,
+        changes: Vec<Change>,
+        mut events: Vec<Event>,
+        lease_updates: &[(String, Option<u64>)],
+        revision: u64,
+    ) {
+        if !lease_updates.is_empty() {
+            let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+            for (id, deadline) in lease_updates {
+                leases.set(id, *deadline);
+            }
+        }
+        if changes.is_empty() {
+            return;
+        }
+        let mut registry = self.registry.write().unwrap_or_else(|p| p.into_inner());
+        for change in changes {
+            registry.apply(change);
+        }
+        registry.advance_revision(revision);
+        // Retained events share the registry's copy (interned strings) where it is the
+        // event's state, so history does not hold a second copy of each record.
+        for event in &mut events {
+            if let Some(stored) = registry.get(event.instance.id()) {
+                if stored.modify_revision == event.revision {
+                    event.instance = Arc::clone(stored);
+                }
+            }
+        }
+        let applied = registry.revision();
+        drop(registry);
+        self.retain_events(events);
+        self.revision_tx.send_replace(applied);
+    }
+
+    /// Adds events to the retained history, dropping the oldest beyond the retention.
+    fn retain_events(&self, events: Vec<Event>) {
+        let mut retained = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        retained.extend(events);
+        while retained.len() as u64 > self.settings.event_retention {
+            retained.pop_front();
+        }
+    }
+
+    /// The local-store commit: one durable transaction for the whole batch, then apply.
+    fn commit_batch(&self, batch: Vec<WriteRequest>) {
+        let now = self.clock.now_ms();
+        let resolution = self.resolve_batch(batch, now, false);
+        for (request, error) in resolution.rejected {
+            let _ = request.reply.send(Err(WriteError::Rejected(error)));
+        }
+        let Resolution {
+            revision,
+            changes,
+            events,
+            lease_updates,
+            accepted,
+            ..
+        } = resolution;
         if !changes.is_empty() || !lease_updates.is_empty() {
             let batch = Batch {
                 changes: &changes,
@@ -815,35 +1053,7 @@ impl Shared {
                 return;
             }
             self.commits.fetch_add(1, Ordering::Relaxed);
-            if !lease_updates.is_empty() {
-                let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
-                for (id, deadline) in &lease_updates {
-                    leases.set(id, *deadline);
-                }
-            }
-            if !changes.is_empty() {
-                let mut registry = self.registry.write().unwrap_or_else(|p| p.into_inner());
-                for change in changes {
-                    registry.apply(change);
-                }
-                // Retained events share the registry's copy (interned strings) where it is
-                // the event's state, so history does not hold a second copy of each record.
-                for event in &mut events {
-                    if let Some(stored) = registry.get(event.instance.id()) {
-                        if stored.modify_revision == event.revision {
-                            event.instance = Arc::clone(stored);
-                        }
-                    }
-                }
-                drop(registry);
-                let mut retained = self.events.lock().unwrap_or_else(|p| p.into_inner());
-                retained.extend(events);
-                while retained.len() as u64 > self.settings.event_retention {
-                    retained.pop_front();
-                }
-                drop(retained);
-                self.revision_tx.send_replace(revision);
-            }
+            self.apply_stored(changes, events, &lease_updates, revision);
         }
         for request in accepted {
             let revision = if request.changed > 0 {
@@ -859,6 +1069,34 @@ impl Shared {
         }
     }
 }
+
+/// Builds a registry and its lease table from stored instances (start and resynchronisation).
+fn build_registry(
+    instances: Vec<Instance>,
+    revision: u64,
+    stored_leases: Vec<(String, u64)>,
+    now: u64,
+) -> (Registry, Leases) {
+    let mut registry = Registry::new();
+    let mut leases = Leases::default();
+    let stored_leases: HashMap<String, u64> = stored_leases.into_iter().collect();
+    for instance in instances {
+        if let Some(ttl) = instance.fields.ttl_ms {
+            // A lease without a stored deadline (an older file) gets a fresh one.
+            let deadline = stored_leases
+                .get(instance.id())
+                .copied()
+                .unwrap_or(now.saturating_add(ttl));
+            leases.set(instance.id(), Some(deadline));
+        }
+        registry.load(instance);
+    }
+    registry.advance_revision(revision);
+    (registry, leases)
+}
+
+mod replication;
+pub use replication::ReplicationStatus;
 
 #[cfg(test)]
 mod lease_tests;

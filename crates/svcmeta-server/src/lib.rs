@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 pub use api::{app, AppState, ServerSettings};
 pub use catalog::{
-    Catalog, CatalogSettings, Clock, HistoryTrimmed, ManualClock, QueuedWrite, SystemClock,
-    WriteError, WriteOutcome,
+    Catalog, CatalogSettings, Clock, HistoryTrimmed, ManualClock, QueuedWrite, ReplicationStatus,
+    SystemClock, WriteError, WriteOutcome,
 };
 
 /// How long a shutdown waits for open connections before dropping them.

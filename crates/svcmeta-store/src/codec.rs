@@ -73,10 +73,28 @@ pub(crate) fn encode(instance: &Instance) -> Vec<u8> {
     bytes
 }
 
-/// Decodes a stored record of either format.
+/// Decodes a stored record of either format, checking that it holds the id it is stored under.
 pub(crate) fn decode(key: &str, bytes: &[u8]) -> Result<Instance, StoreError> {
+    let instance = decode_any(bytes).map_err(|error| match error {
+        StoreError::Corrupt { reason, .. } => StoreError::Corrupt {
+            key: key.to_string(),
+            reason,
+        },
+        other => other,
+    })?;
+    if instance.id() != key {
+        return Err(StoreError::Corrupt {
+            key: key.to_string(),
+            reason: format!("record holds id {:?}", instance.id()),
+        });
+    }
+    Ok(instance)
+}
+
+/// Decodes a record of either format that is not stored under its id (a change entry).
+pub(crate) fn decode_any(bytes: &[u8]) -> Result<Instance, StoreError> {
     let corrupt = |reason: String| StoreError::Corrupt {
-        key: key.to_string(),
+        key: String::new(),
         reason,
     };
     let instance = match bytes.split_first() {
@@ -113,9 +131,6 @@ pub(crate) fn decode(key: &str, bytes: &[u8]) -> Result<Instance, StoreError> {
         Some((format, _)) => return Err(corrupt(format!("unknown record format {format}"))),
         None => return Err(corrupt("empty record".to_string())),
     };
-    if instance.id() != key {
-        return Err(corrupt(format!("record holds id {:?}", instance.id())));
-    }
     Ok(instance)
 }
 

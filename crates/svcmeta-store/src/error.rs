@@ -38,6 +38,9 @@ pub enum StoreError {
         /// The newest version this build reads.
         supported: u64,
     },
+    /// The shared store (Redis) could not be reached; nothing was written.
+    #[error("redis is unreachable: {0}")]
+    Unavailable(String),
     /// The embedded database engine failed.
     #[error("embedded database: {0}")]
     Database(String),

@@ -1,13 +1,15 @@
 //! svcmeta's storage: where registrations live durably.
 //!
-//! [`Store`] is a closed set of backends: `Memory` keeps nothing (tests, benchmarks) and
-//! `Embedded` writes one redb file. The store is the truth; the in-memory registry is rebuilt
-//! from [`Store::load`] on start. Writes arrive as batches of already-sequenced changes
+//! [`Store`] is a closed set of backends: `Memory` keeps nothing (tests, benchmarks),
+//! `Embedded` writes one redb file and `Shared` is a Redis server several nodes share (see
+//! `shared.rs`). The store is the truth; the in-memory registry is rebuilt from
+//! [`Store::load`] on start. Writes arrive as batches of already-sequenced changes
 //! ([`Store::commit`]); batching is what makes group commit possible.
 
 mod codec;
 mod embedded;
 mod error;
+mod shared;
 
 use std::path::Path;
 
@@ -15,6 +17,10 @@ use svcmeta_core::{Change, Event, Instance};
 
 pub use embedded::{EmbeddedStore, DATABASE_FILE};
 pub use error::StoreError;
+pub use shared::{
+    real_revision, Committed, DueTimer, LeaseClaim, LeaseTimer, SharedSnapshot, SharedStore,
+    SharedWrite, SharedWriteError, StreamEntry, StreamFollower,
+};
 
 /// Everything a store holds.
 #[derive(Debug, Default)]
@@ -51,6 +57,10 @@ pub enum Store {
     Memory,
     /// One redb file in a data directory.
     Embedded(EmbeddedStore),
+    /// A Redis server shared with other nodes; the catalog writes to it with
+    /// [`SharedStore::commit`] and follows its change stream instead of calling
+    /// [`Store::commit`].
+    Shared(Box<SharedStore>),
 }
 
 impl Store {
@@ -64,6 +74,7 @@ impl Store {
         match self {
             Store::Memory => "memory",
             Store::Embedded(_) => "embedded",
+            Store::Shared(_) => "redis",
         }
     }
 
@@ -72,6 +83,15 @@ impl Store {
         match self {
             Store::Memory => Ok(Snapshot::default()),
             Store::Embedded(store) => store.load(),
+            Store::Shared(store) => {
+                let snapshot = store.snapshot()?;
+                Ok(Snapshot {
+                    instances: snapshot.instances,
+                    revision: snapshot.revision,
+                    events: Vec::new(),
+                    leases: snapshot.leases,
+                })
+            }
         }
     }
 
@@ -80,6 +100,9 @@ impl Store {
         match self {
             Store::Memory => Ok(()),
             Store::Embedded(store) => store.commit(batch),
+            Store::Shared(_) => Err(StoreError::Database(
+                "a shared store is written with SharedStore::commit".to_string(),
+            )),
         }
     }
 }

@@ -20,6 +20,19 @@ pub(crate) struct Cli {
     #[arg(long, global = true, env = "SVCMETA_DATA_DIR")]
     pub(crate) data_dir: Option<PathBuf>,
 
+    /// Store backend: memory, embedded (default) or redis.
+    #[arg(long, global = true, env = "SVCMETA_STORE")]
+    pub(crate) store: Option<String>,
+
+    /// Redis URL of the redis store (default redis://127.0.0.1:6379/0).
+    #[arg(long, global = true, env = "SVCMETA_REDIS_URL")]
+    pub(crate) redis_url: Option<String>,
+
+    /// Prefix of the redis store's keys (default svcmeta): nodes with the same prefix share
+    /// one registry.
+    #[arg(long, global = true, env = "SVCMETA_REDIS_KEY_PREFIX")]
+    pub(crate) key_prefix: Option<String>,
+
     /// The command.
     #[command(subcommand)]
     pub(crate) command: Command,
@@ -80,12 +93,6 @@ pub(crate) struct ServeArgs {
     /// Address to listen on (default 127.0.0.1:8500, Consul's port).
     #[arg(long, env = "SVCMETA_LISTEN")]
     pub(crate) listen: Option<String>,
-    /// Store backend: memory or embedded (default embedded).
-    #[arg(long, env = "SVCMETA_STORE")]
-    pub(crate) store: Option<String>,
-    /// Redis URL (for the redis store).
-    #[arg(long, env = "SVCMETA_REDIS_URL")]
-    pub(crate) redis_url: Option<String>,
 }
 
 /// Options of `import`.

@@ -19,6 +19,8 @@ pub(crate) enum StoreKind {
     Memory,
     /// One redb file in the data directory.
     Embedded,
+    /// A Redis server shared by several nodes.
+    Redis,
 }
 
 impl StoreKind {
@@ -26,15 +28,13 @@ impl StoreKind {
         match text {
             "memory" => Ok(StoreKind::Memory),
             "embedded" => Ok(StoreKind::Embedded),
-            "redis" => {
-                bail!("store \"redis\" is not available in this build yet; use memory or embedded")
-            }
+            "redis" => Ok(StoreKind::Redis),
             other => bail!("store {other:?} is not one of memory, embedded, redis"),
         }
     }
 }
 
-/// The file's contents. Some settings (`redis_url`, `[features]`, `[acl]`) belong to features
+/// The file's contents. Some settings (`[features]`, `[acl]`) belong to features
 /// that are not built yet; they are accepted so that one configuration file works across
 /// releases, and are not read. `node_name` and `datacenter` name the Consul API's node.
 #[derive(Debug, Default, Deserialize)]
@@ -57,7 +57,27 @@ struct RawConfig {
     features: RawFeatures,
     #[serde(default)]
     ttl: RawTtl,
+    #[serde(default)]
+    redis: RawRedis,
     acl: Option<toml::Table>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRedis {
+    key_prefix: Option<String>,
+    stream_retention: Option<u64>,
+}
+
+/// Settings of the redis store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RedisSettings {
+    /// `redis://host:port/db`.
+    pub(crate) url: String,
+    /// Prefix of every key (nodes with the same prefix share one registry).
+    pub(crate) key_prefix: String,
+    /// About how many change-stream entries Redis keeps for nodes that fall behind.
+    pub(crate) stream_retention: u64,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -116,6 +136,8 @@ pub(crate) struct Config {
     pub(crate) store: StoreKind,
     /// Data directory of the embedded store.
     pub(crate) data_dir: PathBuf,
+    /// The redis store.
+    pub(crate) redis: RedisSettings,
     /// Registry settings.
     pub(crate) catalog: CatalogSettings,
     /// HTTP settings.
@@ -133,10 +155,12 @@ pub(crate) struct Overrides {
     pub(crate) data_dir: Option<PathBuf>,
     /// `--redis-url`.
     pub(crate) redis_url: Option<String>,
+    /// `--key-prefix`.
+    pub(crate) key_prefix: Option<String>,
 }
 
 /// Environment variables for sections: `SVCMETA_LIMITS_MAX_TAGS=32` sets `[limits] max_tags`.
-const ENV_SECTIONS: [&str; 5] = ["limits", "validation", "cache", "features", "ttl"];
+const ENV_SECTIONS: [&str; 6] = ["limits", "validation", "cache", "features", "ttl", "redis"];
 
 fn apply_environment(table: &mut toml::Table) -> anyhow::Result<()> {
     for (name, value) in std::env::vars() {
@@ -183,6 +207,11 @@ impl Config {
         let store = match self.store {
             StoreKind::Memory => svcmeta_store::Store::Memory,
             StoreKind::Embedded => svcmeta_store::Store::open_embedded(&self.data_dir)?,
+            StoreKind::Redis => svcmeta_store::Store::Shared(Box::new(svcmeta_store::SharedStore::open(
+                &self.redis.url,
+                &self.redis.key_prefix,
+                self.redis.stream_retention,
+            )?)),
         };
         Ok(svcmeta_server::Catalog::open(store, self.catalog.clone())?)
     }
@@ -311,6 +340,30 @@ impl Config {
                 .clone()
                 .or(raw.data_dir)
                 .unwrap_or_else(|| PathBuf::from("svcmeta-data")),
+            redis: RedisSettings {
+                url: overrides
+                    .redis_url
+                    .clone()
+                    .or(raw.redis_url)
+                    .unwrap_or_else(|| "redis://127.0.0.1:6379/0".to_string()),
+                key_prefix: match overrides.key_prefix.clone().or(raw.redis.key_prefix) {
+                    Some(prefix)
+                        if prefix.is_empty()
+                            || prefix.len() > 64
+                            || prefix
+                                .contains(|c: char| c.is_whitespace() || c == '{' || c == '}') =>
+                    {
+                        bail!("[redis] key_prefix {prefix:?} must be 1 to 64 characters without spaces or braces")
+                    }
+                    Some(prefix) => prefix,
+                    None => "svcmeta".to_string(),
+                },
+                stream_retention: match raw.redis.stream_retention {
+                    Some(n) if n < 16 => bail!("[redis] stream_retention must be at least 16"),
+                    Some(n) => n,
+                    None => 100_000,
+                },
+            },
             catalog,
             server,
         })

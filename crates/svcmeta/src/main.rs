@@ -35,12 +35,13 @@ fn init_tracing() {
 fn run(cli: Cli) -> Result<(), CommandError> {
     let mut overrides = Overrides {
         data_dir: cli.data_dir.clone(),
+        store: cli.store.clone(),
+        redis_url: cli.redis_url.clone(),
+        key_prefix: cli.key_prefix.clone(),
         ..Overrides::default()
     };
     if let Command::Serve(serve) = &cli.command {
         overrides.listen = serve.listen.clone();
-        overrides.store = serve.store.clone();
-        overrides.redis_url = serve.redis_url.clone();
     }
     let config = Config::load(cli.config.as_deref(), &overrides)?;
     match &cli.command {

@@ -103,10 +103,21 @@ impl From<WriteError> for ApiError {
             WriteError::Rejected(no_lease @ MutationError::NoLease(_)) => {
                 ApiError::new(StatusCode::CONFLICT, "no_lease", no_lease.to_string())
             }
+            WriteError::Rejected(conflict @ MutationError::Conflict { .. }) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", conflict.to_string())
+            }
             WriteError::Rejected(full @ MutationError::Full { .. }) => ApiError::new(
                 StatusCode::INSUFFICIENT_STORAGE,
                 "registry_full",
                 full.to_string(),
+            ),
+            WriteError::Store(svcmeta_store::StoreError::Unavailable(reason)) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                format!(
+                    "redis is unreachable ({reason}); the write was not made, and reads are \
+                     served from this node's last known state"
+                ),
             ),
             WriteError::Store(store) => {
                 tracing::error!(error = %store, "store failure");
@@ -115,6 +126,9 @@ impl From<WriteError> for ApiError {
                     "store_unavailable",
                     "the store could not complete the write; nothing was changed",
                 )
+            }
+            contended @ WriteError::Contended { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "contended", contended.to_string())
             }
             WriteError::ShuttingDown => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -82,5 +82,9 @@ pub fn app_with(state: Arc<AppState>, consul: Arc<consul::ConsulState>) -> Route
         .fallback(native::not_found)
         .method_not_allowed_fallback(native::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::map_response_with_state(
+            Arc::clone(&state),
+            native::mark_stale,
+        ))
         .with_state(state)
 }

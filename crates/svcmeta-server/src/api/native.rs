@@ -25,6 +25,8 @@ use crate::watch::{parse_blocking, wait_for_change, Blocking};
 
 /// The response header carrying the revision an answer was computed at.
 pub const INDEX_HEADER: &str = "x-svcmeta-index";
+/// Set (to `true`) on every answer while the node cannot reach its shared store.
+pub const STALE_HEADER: &str = "x-svcmeta-stale";
 
 fn with_index<T: IntoResponse>(revision: u64, body: T) -> Response {
     let mut response = body.into_response();
@@ -75,12 +77,39 @@ struct InstanceBody<'a> {
     instance: &'a Instance,
 }
 
-/// `PUT /api/v1/instances/{id}`: register or replace one instance.
+/// Parses the parameters of a single-instance write: `cas=REVISION` (compare-and-set: the
+/// instance must be at that modify revision; 0 means it must not exist) and nothing else.
+fn write_expectation(id: &str, raw: Option<&str>) -> Result<Vec<(String, u64)>, ApiError> {
+    let mut expect = Vec::new();
+    for (key, value) in query_pairs(raw.unwrap_or("")) {
+        match key.as_str() {
+            "cas" => {
+                let text = value.unwrap_or_default();
+                let revision = text.parse::<u64>().map_err(|_| {
+                    ApiError::bad_request(format!(
+                        "cas: {text:?} is not a revision (a whole number; 0 means \"must not exist\")"
+                    ))
+                })?;
+                expect = vec![(id.to_string(), revision)];
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter {other:?} (a write takes only cas)"
+                )))
+            }
+        }
+    }
+    Ok(expect)
+}
+
+/// `PUT /api/v1/instances/{id}[?cas=REVISION]`: register or replace one instance.
 pub(crate) async fn put_instance(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let expect = write_expectation(&id, raw.as_deref())?;
     let bytes = body_bytes(body, state.settings.max_body_bytes)?;
     let mut draft = parse_draft(&bytes)?;
     if draft.id.is_empty() {
@@ -94,7 +123,7 @@ pub(crate) async fn put_instance(
     let registration = validate(draft, state.catalog.limits())?;
     let outcome = state
         .catalog
-        .write(vec![Mutation::Register(registration)])
+        .write_checked(vec![Mutation::Register(registration)], expect)
         .await?;
     match outcome.states.first().and_then(Option::as_ref) {
         Some(instance) => {
@@ -162,14 +191,16 @@ pub(crate) async fn get_instance(
     }
 }
 
-/// `DELETE /api/v1/instances/{id}`.
+/// `DELETE /api/v1/instances/{id}[?cas=REVISION]`.
 pub(crate) async fn delete_instance(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
+    let expect = write_expectation(&id, raw.as_deref())?;
     let outcome = state
         .catalog
-        .write(vec![Mutation::Deregister(id.clone())])
+        .write_checked(vec![Mutation::Deregister(id.clone())], expect)
         .await?;
     Ok(with_index(
         outcome.revision,
@@ -543,17 +574,35 @@ pub(crate) async fn stats(
     Ok(with_index(revision, Json(body)))
 }
 
-/// `GET /healthz`.
+/// `GET /healthz`: `status` is `ok`, or `stale` while the shared store (Redis) is
+/// unreachable and reads come from this node's last known state (still 200: the node serves).
 pub(crate) async fn healthz(State(state): State<Arc<AppState>>) -> Response {
     let revision = state.catalog.revision();
-    with_index(
-        revision,
-        Json(json!({
-            "status": "ok",
-            "store": state.catalog.store_kind(),
-            "revision": revision,
-        })),
-    )
+    let mut body = json!({
+        "status": if state.catalog.is_stale() { "stale" } else { "ok" },
+        "store": state.catalog.store_kind(),
+        "revision": revision,
+    });
+    if let Some(replication) = state.catalog.replication() {
+        body["replication"] = json!(replication);
+    }
+    with_index(revision, Json(body))
+}
+
+/// Marks every answer of a node whose shared store is unreachable: `X-Svcmeta-Stale: true`,
+/// and Consul's `X-Consul-KnownLeader: false`.
+pub(crate) async fn mark_stale(
+    State(state): State<Arc<AppState>>,
+    mut response: Response,
+) -> Response {
+    if state.catalog.is_stale() {
+        let headers = response.headers_mut();
+        headers.insert(STALE_HEADER, HeaderValue::from_static("true"));
+        if headers.contains_key("x-consul-knownleader") {
+            headers.insert("x-consul-knownleader", HeaderValue::from_static("false"));
+        }
+    }
+    response
 }
 
 /// `GET /metrics`.
