@@ -10,6 +10,8 @@ mod codec;
 mod embedded;
 mod error;
 mod shared;
+#[cfg(feature = "test-support")]
+pub mod test_support;
 
 use std::path::Path;
 

@@ -207,11 +207,13 @@ impl Config {
         let store = match self.store {
             StoreKind::Memory => svcmeta_store::Store::Memory,
             StoreKind::Embedded => svcmeta_store::Store::open_embedded(&self.data_dir)?,
-            StoreKind::Redis => svcmeta_store::Store::Shared(Box::new(svcmeta_store::SharedStore::open(
-                &self.redis.url,
-                &self.redis.key_prefix,
-                self.redis.stream_retention,
-            )?)),
+            StoreKind::Redis => {
+                svcmeta_store::Store::Shared(Box::new(svcmeta_store::SharedStore::open(
+                    &self.redis.url,
+                    &self.redis.key_prefix,
+                    self.redis.stream_retention,
+                )?))
+            }
         };
         Ok(svcmeta_server::Catalog::open(store, self.catalog.clone())?)
     }

@@ -39,7 +39,7 @@ const READ_BLOCK: Duration = Duration::from_millis(500);
 /// Most entries one stream read returns.
 const READ_COUNT: usize = 1024;
 /// How often a request is resolved again after conflicts before the writer is told.
-const MAX_ATTEMPTS: u8 = 5;
+const MAX_ATTEMPTS: u8 = 16;
 /// How long a writer waits for its own write to be applied by the follower.
 const APPLY_WAIT: Duration = Duration::from_secs(5);
 /// Most due timers carried out per poll.
@@ -298,7 +298,12 @@ impl Shared {
         if again.is_empty() {
             return;
         }
-        // Catch up with the store before resolving the requests again, one by one.
+        // Catch up with the store before resolving the requests again, one by one, after a
+        // short random pause so two nodes writing one id do not keep colliding in step.
+        let jitter = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos() % 2_000);
+        std::thread::sleep(Duration::from_micros(u64::from(jitter)));
         match store.position() {
             Ok((revision, _, _)) => {
                 self.replication.wait_applied(revision, APPLY_WAIT);

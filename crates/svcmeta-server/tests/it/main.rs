@@ -17,5 +17,6 @@ mod endpoints;
 mod instances;
 mod live;
 mod queries;
+mod shared_store;
 mod support;
 mod validation;
