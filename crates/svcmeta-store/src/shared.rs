@@ -102,7 +102,9 @@ for _ = 1, n_lease_ops do
   end
 end
 if n_changes > 0 or n_lease_ops > 0 then
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], string.format('%d-*', last),
+  local oldest = last - tonumber(ARGV[5])
+  if oldest < 0 then oldest = 0 end
+  redis.call('XADD', KEYS[3], 'MINID', '~', string.format('%d', oldest), string.format('%d-*', last),
     'b', string.format('%d', first), 'n', string.format('%d', n_changes), 'p', ARGV[7],
     'd', ARGV[6])
 end
@@ -321,7 +323,7 @@ impl From<SharedWriteError> for StoreError {
 
 impl SharedStore {
     /// A store on the Redis at `url` (`redis://host:port/db`), keys under `prefix`. Nothing
-    /// is contacted yet; `stream_retention` bounds the change stream (approximately).
+    /// is contacted yet; the change stream keeps about the last `stream_retention` revisions.
     pub fn open(url: &str, prefix: &str, stream_retention: u64) -> Result<SharedStore, StoreError> {
         if prefix.is_empty() || prefix.contains(['{', '}']) {
             return Err(StoreError::Database(format!(
@@ -596,6 +598,21 @@ impl SharedStore {
                 .arg(&self.keys.changes)
                 .arg("MAXLEN")
                 .arg(keep)
+                .query::<u64>(c)
+        })
+        .map(|_| ())
+    }
+
+    /// Deletes every key of this data set (benchmarks and tests clean up with it).
+    pub fn remove_data_set(&self) -> Result<(), SharedWriteError> {
+        self.with_connection(|c| {
+            redis::cmd("DEL")
+                .arg(&self.keys.revision)
+                .arg(&self.keys.instances)
+                .arg(&self.keys.changes)
+                .arg(&self.keys.leases)
+                .arg(&self.keys.removals)
+                .arg(&self.keys.epoch)
                 .query::<u64>(c)
         })
         .map(|_| ())

@@ -85,6 +85,8 @@ pub(crate) enum Command {
     },
     /// Benchmark svcmeta against SQLite and a linear scan on a generated catalog.
     Bench(BenchArgs),
+    /// Benchmark the redis store: several nodes sharing one Redis.
+    BenchRedis(RedisBenchArgs),
 }
 
 /// Options of `serve`.
@@ -214,4 +216,27 @@ pub(crate) struct BenchArgs {
     /// Keep-alive connections (client threads) of the HTTP load generator.
     #[arg(long, default_value_t = 8)]
     pub(crate) http_connections: usize,
+}
+
+/// Options of `bench-redis`.
+#[derive(Debug, Args)]
+pub(crate) struct RedisBenchArgs {
+    /// Instances loaded (through one node) before a new node catches up with them.
+    #[arg(long, default_value_t = 100_000)]
+    pub(crate) instances: usize,
+    /// Random seed of the generated catalog.
+    #[arg(long, default_value_t = 42)]
+    pub(crate) seed: u64,
+    /// The Redis to use; the run's keys get a fresh prefix and are deleted at the end.
+    #[arg(long, default_value = "redis://127.0.0.1:6379/0")]
+    pub(crate) redis_url: String,
+    /// Replication-lag probes per run (idle, and under load).
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) probes: usize,
+    /// Seconds of each concurrent-writer run.
+    #[arg(long, default_value_t = 5.0)]
+    pub(crate) seconds: f64,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    pub(crate) json: Option<PathBuf>,
 }

@@ -55,6 +55,7 @@ fn run(cli: Cli) -> Result<(), CommandError> {
             out,
         } => cmd::gen(*instances, *seed, out.as_deref()),
         Command::Bench(args) => cmd::bench::run(args),
+        Command::BenchRedis(args) => cmd::bench::scale_out::run(args),
         command => {
             let creates = matches!(command, Command::Import(_) | Command::Register { .. });
             let backend = Backend::open(cli.server.as_deref(), &config, creates)?;
@@ -66,7 +67,10 @@ fn run(cli: Cli) -> Result<(), CommandError> {
                 Command::Watch(args) => cmd::watch::run(&backend, args),
                 Command::Services { output } => cmd::services(&backend, *output),
                 Command::Stats { output } => cmd::stats(&backend, *output),
-                Command::Serve(_) | Command::Gen { .. } | Command::Bench(_) => Ok(()),
+                Command::Serve(_)
+                | Command::Gen { .. }
+                | Command::Bench(_)
+                | Command::BenchRedis(_) => Ok(()),
             }
         }
     }

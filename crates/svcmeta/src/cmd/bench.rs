@@ -23,6 +23,7 @@ mod cases;
 mod data;
 mod http;
 mod measure;
+pub(crate) mod scale_out;
 mod sqlite;
 mod writes;
 
