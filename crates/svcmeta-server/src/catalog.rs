@@ -309,8 +309,10 @@ impl Catalog {
             Store::Shared(shared) => replication.start(shared)?,
             _ => store.load()?,
         };
+        let started = Instant::now();
         let (registry, leases) =
             build_registry(snapshot.instances, snapshot.revision, snapshot.leases, now);
+        tracing::debug!(elapsed = ?started.elapsed(), "indexes built");
         let mut events: VecDeque<Event> = snapshot.events.into();
         while events.len() as u64 > settings.event_retention {
             events.pop_front();
@@ -1072,11 +1074,17 @@ impl Shared {
 
 /// Builds a registry and its lease table from stored instances (start and resynchronisation).
 fn build_registry(
-    instances: Vec<Instance>,
+    mut instances: Vec<Instance>,
     revision: u64,
     stored_leases: Vec<(String, u64)>,
     now: u64,
 ) -> (Registry, Leases) {
+    // Loading in id order appends to each service's id order and to the posting lists
+    // instead of inserting in the middle (the embedded store is already in id order; a Redis
+    // scan is not).
+    if !instances.is_sorted_by(|a, b| a.id() <= b.id()) {
+        instances.sort_unstable_by(|a, b| a.id().cmp(b.id()));
+    }
     let mut registry = Registry::new();
     let mut leases = Leases::default();
     let stored_leases: HashMap<String, u64> = stored_leases.into_iter().collect();

@@ -35,7 +35,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
 /// How long one command may take (a stream read adds its blocking time).
 const COMMAND_TIMEOUT: Duration = Duration::from_millis(3000);
 /// Instances read per `HSCAN` step of a snapshot.
-const SCAN_COUNT: usize = 4096;
+const SCAN_COUNT: usize = 10_000;
 
 const WRITE_SCRIPT: &str = r#"
 local n_checks = tonumber(ARGV[1])
@@ -253,6 +253,11 @@ pub struct DueTimer {
     pub deadline: u64,
 }
 
+/// One record as an `HSCAN` step returns it: id and stored value.
+type RawRecord = (String, Vec<u8>);
+/// One `HSCAN` step: the next cursor and the records.
+type ScanStep = (u64, Vec<RawRecord>);
+
 /// The body of a stream entry.
 #[derive(Serialize, Deserialize)]
 struct EntryBody {
@@ -362,17 +367,30 @@ impl SharedStore {
     /// connection that failed is dropped so the next call starts afresh.
     fn with_connection<T>(
         &self,
-        work: impl FnOnce(&mut Connection) -> redis::RedisResult<T>,
+        work: impl Fn(&mut Connection) -> redis::RedisResult<T>,
     ) -> Result<T, SharedWriteError> {
         let mut slot = self.connection.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.is_none() {
-            *slot = Some(self.connect(Duration::ZERO)?);
-        }
-        let Some(connection) = slot.as_mut() else {
-            return Err(SharedWriteError::Unavailable("no connection".to_string()));
+        let reused = slot.is_some();
+        let connection = match slot.as_mut() {
+            Some(connection) => connection,
+            None => slot.insert(self.connect(Duration::ZERO)?),
         };
         match work(connection) {
             Ok(value) => Ok(value),
+            // A connection that sat idle may have died with a Redis restart: the command
+            // never reached a live server, so it is sent once more on a fresh connection.
+            // (A write script that did run would fail its revision checks the second time
+            // and be resolved again, so this never applies a write twice.)
+            Err(error) if reused && (error.is_connection_dropped() || error.is_io_error()) => {
+                *slot = None;
+                let connection = slot.insert(self.connect(Duration::ZERO)?);
+                work(connection).map_err(|error| {
+                    if unavailable(&error) {
+                        *slot = None;
+                    }
+                    describe(error)
+                })
+            }
             Err(error) => {
                 if unavailable(&error) {
                     *slot = None;
@@ -519,32 +537,64 @@ impl SharedStore {
     /// applying a change only when it is newer than the instance's revision).
     pub fn snapshot(&self) -> Result<SharedSnapshot, StoreError> {
         let (revision, position, epoch) = self.position()?;
-        let mut instances: Vec<Instance> = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, pairs): (u64, Vec<(String, Vec<u8>)>) = self.with_connection(|c| {
-                redis::cmd("HSCAN")
-                    .arg(&self.keys.instances)
-                    .arg(cursor)
-                    .arg("COUNT")
-                    .arg(SCAN_COUNT)
-                    .query(c)
-            })?;
-            for (id, value) in pairs {
-                instances.push(decode_stored(&id, &value)?);
-            }
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
-        // HSCAN may return an id twice; keep its newest record.
-        instances.sort_by(|a, b| {
-            a.id()
-                .cmp(b.id())
-                .then(b.modify_revision.cmp(&a.modify_revision))
-        });
-        instances.dedup_by(|later, earlier| later.id() == earlier.id());
+        // One thread scans while another decodes what the previous step returned.
+        let (pages, decoder_input) = std::sync::mpsc::sync_channel::<Vec<RawRecord>>(4);
+        let started = std::time::Instant::now();
+        let instances: Vec<Instance> = std::thread::scope(|scope| {
+            let decoder = scope.spawn(move || -> Result<Vec<Instance>, StoreError> {
+                let mut decoded: Vec<Instance> = Vec::new();
+                // HSCAN may return an id twice; keep its newest record.
+                let mut slots: std::collections::HashMap<String, usize> =
+                    std::collections::HashMap::new();
+                for page in decoder_input {
+                    for (id, value) in page {
+                        let instance = decode_stored(&id, &value)?;
+                        match slots.entry(id) {
+                            std::collections::hash_map::Entry::Occupied(slot) => {
+                                let kept = &mut decoded[*slot.get()];
+                                if instance.modify_revision > kept.modify_revision {
+                                    *kept = instance;
+                                }
+                            }
+                            std::collections::hash_map::Entry::Vacant(slot) => {
+                                slot.insert(decoded.len());
+                                decoded.push(instance);
+                            }
+                        }
+                    }
+                }
+                Ok(decoded)
+            });
+            let mut cursor: u64 = 0;
+            let scanned = loop {
+                let step: Result<ScanStep, SharedWriteError> = self.with_connection(|c| {
+                    redis::cmd("HSCAN")
+                        .arg(&self.keys.instances)
+                        .arg(cursor)
+                        .arg("COUNT")
+                        .arg(SCAN_COUNT)
+                        .query(c)
+                });
+                let (next, pairs) = match step {
+                    Ok(step) => step,
+                    Err(error) => break Err(error),
+                };
+                if pages.send(pairs).is_err() {
+                    break Ok(()); // the decoder failed; its error is reported below
+                }
+                if next == 0 {
+                    break Ok(());
+                }
+                cursor = next;
+            };
+            drop(pages);
+            let decoded = decoder
+                .join()
+                .map_err(|_| StoreError::Database("the decoding thread panicked".to_string()))?;
+            scanned?;
+            decoded
+        })?;
+        tracing::debug!(instances = instances.len(), elapsed = ?started.elapsed(), "redis snapshot scanned");
         let (settled, _, _) = self.position()?;
         let scores: Vec<(String, f64)> = self.with_connection(|c| {
             redis::cmd("ZRANGE")

@@ -10,69 +10,21 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-/// Longest a single CLI command may take before the test calls it a hang.
-const COMMAND_DEADLINE: Duration = Duration::from_secs(120);
+use common::{agent, http, svcmeta, ChildGuard, ServerProcess, TempDir, COMMAND_DEADLINE};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-/// A directory under the system temp dir, unique per test, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(label: &str) -> TempDir {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let path = std::env::temp_dir().join(format!(
-            "svcmeta-cli-{label}-{}-{}-{nanos}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&path).expect("create temp dir");
-        TempDir(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// The binary with a clean environment: no inherited `SVCMETA_*` setting, quiet logs.
-fn svcmeta(cwd: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_svcmeta"));
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("SVCMETA_") {
-            command.env_remove(&name);
-        }
-    }
-    command.env("SVCMETA_LOG", "warn").current_dir(cwd);
-    command
-}
 
 /// What a finished command did.
 #[derive(Debug)]
@@ -158,156 +110,6 @@ fn run_with_input(cwd: &Path, args: &[&str], input: &[u8]) -> Run {
     let mut command = svcmeta(cwd);
     command.args(args);
     run_command(command, Some(input), COMMAND_DEADLINE)
-}
-
-/// A child process that is killed (and reaped) when dropped.
-struct ChildGuard(Child);
-
-impl ChildGuard {
-    /// Polls until the process exits or the deadline passes (then `None`, still running).
-    fn wait_until(&mut self, deadline: Instant) -> Option<ExitStatus> {
-        loop {
-            if let Some(status) = self.0.try_wait().expect("try_wait") {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-        }
-        let _ = self.0.wait();
-    }
-}
-
-/// `svcmeta serve` on a data directory, on a free loopback port.
-struct ServerProcess {
-    child: ChildGuard,
-    url: String,
-    stderr_path: PathBuf,
-}
-
-impl ServerProcess {
-    fn start(data_dir: &Path, logs: &TempDir) -> ServerProcess {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let stderr_path = logs.join(&format!(
-            "serve-{}.stderr",
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let stderr = File::create(&stderr_path).expect("stderr file");
-        let mut command = svcmeta(logs.path());
-        command
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(stderr));
-        let mut child = ChildGuard(command.spawn().expect("spawn svcmeta serve"));
-        let stdout = child.0.stdout.take().expect("stdout");
-        let (sender, receiver) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stdout);
-            let mut line = String::new();
-            let _ = reader.read_line(&mut line);
-            let _ = sender.send(line);
-            // Keep draining so the server never blocks on a full pipe.
-            let mut rest = Vec::new();
-            let _ = reader.read_to_end(&mut rest);
-        });
-        let line = match receiver.recv_timeout(COMMAND_DEADLINE) {
-            Ok(line) => line,
-            Err(_) => panic!(
-                "server printed no address; stderr: {}",
-                std::fs::read_to_string(&stderr_path).unwrap_or_default()
-            ),
-        };
-        let url = line
-            .trim()
-            .strip_prefix("svcmeta listening on ")
-            .unwrap_or_else(|| {
-                panic!(
-                    "unexpected first line {line:?}; stderr: {}",
-                    std::fs::read_to_string(&stderr_path).unwrap_or_default()
-                )
-            })
-            .to_string();
-        assert!(url.starts_with("http://127.0.0.1:"), "{url}");
-        ServerProcess {
-            child,
-            url,
-            stderr_path,
-        }
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
-    }
-
-    /// SIGKILL, then reap.
-    fn kill(mut self) {
-        self.child.0.kill().expect("SIGKILL");
-        self.child.0.wait().expect("reap");
-    }
-
-    /// SIGTERM via `kill -TERM PID`, then wait for the exit.
-    fn terminate(mut self) -> ExitStatus {
-        let pid = self.child.0.id().to_string();
-        let status = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -TERM {pid} failed");
-        match self.child.wait_until(Instant::now() + COMMAND_DEADLINE) {
-            Some(status) => status,
-            None => panic!("server ignored SIGTERM; stderr: {}", self.stderr()),
-        }
-    }
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into()
-}
-
-/// `(status, X-Svcmeta-Index, body)` of a request.
-fn http(
-    agent: &ureq::Agent,
-    method: &str,
-    url: &str,
-    body: Option<&Value>,
-) -> (u16, Option<u64>, Value) {
-    let result = match (method, body) {
-        ("GET", _) => agent.get(url).call(),
-        ("DELETE", _) => agent.delete(url).call(),
-        ("PUT", Some(body)) => agent
-            .put(url)
-            .header("content-type", "application/json")
-            .send(body.to_string().as_bytes()),
-        other => panic!("unsupported request {other:?}"),
-    };
-    let mut response = result.expect("HTTP request");
-    let status = response.status().as_u16();
-    let index = response
-        .headers()
-        .get("x-svcmeta-index")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok());
-    let text = response.body_mut().read_to_string().expect("body");
-    (
-        status,
-        index,
-        serde_json::from_str(&text).unwrap_or(Value::Null),
-    )
 }
 
 /// The real data folder, or `None` after printing a SKIP line (a failure under `CI`).
