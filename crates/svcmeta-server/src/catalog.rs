@@ -565,6 +565,7 @@ impl Catalog {
         if let Some(handle) = handle {
             let _ = handle.join();
         }
+        self.shared.replication.stop();
         let follower = self
             .follower
             .lock()

@@ -67,6 +67,9 @@ pub(super) struct Replication {
     problem: Mutex<Option<String>>,
     /// Times the node loaded a snapshot (start, gaps, a replaced data set).
     resyncs: std::sync::atomic::AtomicU64,
+    /// Set once the committer has stopped: the follower may stop too (not earlier, so writes
+    /// finishing during a graceful shutdown still see themselves applied).
+    stop: std::sync::atomic::AtomicBool,
 }
 
 /// How a node on a shared store stands (for `/healthz`, headers and stats).
@@ -378,7 +381,7 @@ impl Shared {
         let mut follower = store.follower();
         let mut verify = false;
         let mut backoff = Duration::from_millis(50);
-        while !self.stopping.load(Ordering::SeqCst) {
+        while !self.replication.stop.load(Ordering::SeqCst) {
             if verify {
                 match store.position() {
                     Ok((revision, _, epoch)) => {
@@ -520,6 +523,13 @@ impl Shared {
         self.revision_tx.send_replace(revision);
         self.replication.applied_changed.notify_all();
         Ok(())
+    }
+}
+
+impl Replication {
+    /// Tells the follower thread to stop after its current read.
+    pub(super) fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
     }
 }
 
