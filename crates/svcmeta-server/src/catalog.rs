@@ -844,25 +844,25 @@ impl Shared {
                 attempt: request.attempt,
             });
             let mut local: HashMap<String, Option<Arc<Instance>>> = HashMap::new();
-            let mut local_checks: Vec<(String, u64)> = Vec::new();
+            let mut local_checks: HashMap<String, u64> = HashMap::new();
             let mut local_changes = Vec::new();
             let mut local_events = Vec::new();
             let mut local_leases = Vec::new();
             let mut states = Vec::with_capacity(request.mutations.len());
             let mut failure = None;
+            // Reads an id's state as this request sees it; with `keep` (a shared store) it also
+            // notes the revision of each id read from the registry, for the store to check.
             let current_of = |id: &str,
                               local: &HashMap<String, Option<Arc<Instance>>>,
-                              local_checks: &mut Vec<(String, u64)>|
+                              local_checks: &mut HashMap<String, u64>|
              -> Option<Arc<Instance>> {
                 match local.get(id).or(overlay.get(id)) {
                     Some(state) => state.clone(),
                     None => {
                         let state = registry.get(id).cloned();
-                        if !checked.contains(id)
-                            && !local_checks.iter().any(|(checked, _)| checked == id)
-                        {
+                        if keep && !checked.contains(id) && !local_checks.contains_key(id) {
                             let revision = state.as_ref().map_or(0, |i| i.modify_revision);
-                            local_checks.push((id.to_string(), revision));
+                            local_checks.insert(id.to_string(), revision);
                         }
                         state
                     }
