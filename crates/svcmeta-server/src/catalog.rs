@@ -122,6 +122,8 @@ struct WriteRequest {
     claim: Option<LeaseClaim>,
     /// How often the request was resolved again after a conflict (shared store).
     attempt: u8,
+    /// How often it waited for another node's write fence (shared store).
+    waits: u16,
     reply: oneshot::Sender<Result<WriteOutcome, WriteError>>,
 }
 
@@ -136,6 +138,7 @@ impl WriteRequest {
             expect,
             claim: None,
             attempt: 0,
+            waits: 0,
             reply,
         }
     }
@@ -706,6 +709,7 @@ struct Retry {
     expect: Vec<(String, u64)>,
     claim: Option<LeaseClaim>,
     attempt: u8,
+    waits: u16,
 }
 
 impl Retry {
@@ -718,6 +722,7 @@ impl Retry {
             expect: self.expect,
             claim: self.claim,
             attempt: self.attempt,
+            waits: self.waits,
             reply,
         }
     }
@@ -842,6 +847,7 @@ impl Shared {
                 expect: request.expect.clone(),
                 claim: request.claim.clone(),
                 attempt: request.attempt,
+                waits: request.waits,
             });
             let mut local: HashMap<String, Option<Arc<Instance>>> = HashMap::new();
             let mut local_checks: HashMap<String, u64> = HashMap::new();

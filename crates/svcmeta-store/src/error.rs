@@ -41,6 +41,9 @@ pub enum StoreError {
     /// The shared store (Redis) could not be reached; nothing was written.
     #[error("redis is unreachable: {0}")]
     Unavailable(String),
+    /// Redis answered with an error or an unexpected reply (or its URL is wrong).
+    #[error("redis: {0}")]
+    Redis(String),
     /// The embedded database engine failed.
     #[error("embedded database: {0}")]
     Database(String),

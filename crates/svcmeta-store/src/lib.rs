@@ -21,7 +21,7 @@ pub use embedded::{EmbeddedStore, DATABASE_FILE};
 pub use error::StoreError;
 pub use shared::{
     real_revision, Committed, DueTimer, LeaseClaim, LeaseTimer, SharedSnapshot, SharedStore,
-    SharedWrite, SharedWriteError, StreamEntry, StreamFollower,
+    SharedWrite, SharedWriteError, StorePosition, StreamEntry, StreamFollower,
 };
 
 /// Everything a store holds.

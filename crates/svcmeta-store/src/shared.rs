@@ -8,7 +8,13 @@
 //!   (the changes and lease updates, binary);
 //! - `{P}:leases` / `{P}:removals` — sorted sets of lease deadlines and of removal times of
 //!   expired instances (Unix ms);
-//! - `{P}:epoch` — a random token set once; a different token means the data set was replaced.
+//! - `{P}:epoch` — a random token set once; a different token means the data set was replaced
+//!   (a write names the epoch it was resolved in and is refused in another one);
+//! - `{P}:tail` — the token of the newest stream entry; every entry carries its own token (`t`)
+//!   and its predecessor's (`q`), so a node whose last entry is not the new entry's predecessor
+//!   (Redis rolled back to older data and written again) knows its history diverged;
+//! - `{P}:fence` — held briefly by a node whose request kept losing races: other nodes' writes
+//!   wait until it is written, so a large request cannot starve.
 //!
 //! A node writes with one Lua script per group commit ([`SharedStore::commit`]): it checks
 //! that every id still has the revision the node resolved it against (and, for lease expiry,
@@ -42,7 +48,14 @@ local n_checks = tonumber(ARGV[1])
 local n_lease_checks = tonumber(ARGV[2])
 local n_changes = tonumber(ARGV[3])
 local n_lease_ops = tonumber(ARGV[4])
-local i = 8
+if redis.call('GET', KEYS[6]) ~= ARGV[8] then
+  return {'replaced', redis.call('GET', KEYS[1]) or '0'}
+end
+local fence = redis.call('GET', KEYS[8])
+if fence and fence ~= ARGV[10] then
+  return {'fenced', redis.call('GET', KEYS[1]) or '0'}
+end
+local i = 11
 for _ = 1, n_checks do
   local id, expected = ARGV[i], ARGV[i + 1]
   i = i + 2
@@ -106,9 +119,16 @@ if n_changes > 0 or n_lease_ops > 0 then
   if oldest < 0 then oldest = 0 end
   redis.call('XADD', KEYS[3], 'MINID', '~', string.format('%d', oldest), string.format('%d-*', last),
     'b', string.format('%d', first), 'n', string.format('%d', n_changes), 'p', ARGV[7],
-    'd', ARGV[6])
+    't', ARGV[9], 'q', redis.call('GET', KEYS[7]) or '', 'd', ARGV[6])
+  redis.call('SET', KEYS[7], ARGV[9])
 end
+if fence and fence == ARGV[10] then redis.call('DEL', KEYS[8]) end
 return {'ok', string.format('%d', first), string.format('%d', last)}
+"#;
+
+const RELEASE_FENCE_SCRIPT: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
 "#;
 
 const POSITION_SCRIPT: &str = r#"
@@ -116,7 +136,8 @@ redis.call('SET', KEYS[3], ARGV[1], 'NX')
 local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
 local position = '0-0'
 if last[1] then position = last[1][1] end
-return {redis.call('GET', KEYS[1]) or '0', position, redis.call('GET', KEYS[3])}
+return {redis.call('GET', KEYS[1]) or '0', position, redis.call('GET', KEYS[3]),
+  redis.call('GET', KEYS[4]) or ''}
 "#;
 
 /// The key names of one data set.
@@ -128,6 +149,8 @@ struct Keys {
     leases: String,
     removals: String,
     epoch: String,
+    tail: String,
+    fence: String,
 }
 
 impl Keys {
@@ -140,6 +163,8 @@ impl Keys {
             leases: key("leases"),
             removals: key("removals"),
             epoch: key("epoch"),
+            tail: key("tail"),
+            fence: key("fence"),
         }
     }
 }
@@ -180,6 +205,10 @@ pub struct SharedWrite<'a> {
     pub placeholder_base: u64,
     /// Lease deadlines to set or clear.
     pub leases: &'a [(String, Option<u64>)],
+    /// The data set's epoch the node resolved the write in.
+    pub epoch: &'a str,
+    /// The fence token this node holds, if any (released by the write).
+    pub fence: Option<&'a str>,
 }
 
 /// Revisions a successful write took.
@@ -202,12 +231,34 @@ pub enum SharedWriteError {
         /// The store's revision when the check failed.
         revision: u64,
     },
+    /// The data set was replaced (flushed, restored) since the node loaded it.
+    #[error("the redis data set was replaced since this node loaded it (the store is at revision {revision}); the node is loading it again")]
+    Replaced {
+        /// The store's revision.
+        revision: u64,
+    },
+    /// Another node holds the write fence; retry shortly.
+    #[error("another node is finishing a large write; retry")]
+    Fenced,
     /// Redis could not be reached or did not answer in time.
     #[error("redis is unreachable: {0}")]
     Unavailable(String),
     /// Redis answered with an error.
     #[error("redis: {0}")]
     Failed(String),
+}
+
+/// Where the shared store stands, read atomically.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorePosition {
+    /// The global revision.
+    pub revision: u64,
+    /// The newest stream entry id (`0-0` when the stream is empty).
+    pub position: String,
+    /// The data set's epoch token.
+    pub epoch: String,
+    /// The newest stream entry's token (empty when there is none).
+    pub tail: String,
 }
 
 /// A consistent starting point: instances, the revision they are at, and the stream position
@@ -225,6 +276,8 @@ pub struct SharedSnapshot {
     pub settled: u64,
     /// The data set's epoch token.
     pub epoch: String,
+    /// The token of the entry at `position`.
+    pub tail: String,
     /// Lease deadlines (id, Unix ms).
     pub leases: Vec<(String, u64)>,
 }
@@ -240,6 +293,10 @@ pub struct StreamEntry {
     pub changes: Vec<Change>,
     /// Lease deadlines it set (`Some`) or cleared (`None`).
     pub leases: Vec<(String, Option<u64>)>,
+    /// The entry's token.
+    pub token: String,
+    /// The token of the entry before it (empty for the first).
+    pub previous: String,
 }
 
 /// A timer that is due, as read from Redis.
@@ -275,6 +332,20 @@ enum EntryChange {
     },
 }
 
+/// A token unlikely to repeat: process id, a counter and the time in nanoseconds.
+fn fresh_token() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    format!(
+        "{:x}-{:x}-{:x}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    )
+}
+
 /// Translates a placeholder revision of a write into the revision Redis gave it.
 pub fn real_revision(revision: u64, placeholder_base: u64, first: u64) -> u64 {
     if revision > placeholder_base {
@@ -292,6 +363,7 @@ pub struct SharedStore {
     connection: Mutex<Option<Connection>>,
     write_script: redis::Script,
     position_script: redis::Script,
+    release_fence_script: redis::Script,
 }
 
 impl std::fmt::Debug for SharedStore {
@@ -321,7 +393,7 @@ impl From<SharedWriteError> for StoreError {
     fn from(error: SharedWriteError) -> StoreError {
         match error {
             SharedWriteError::Unavailable(reason) => StoreError::Unavailable(reason),
-            other => StoreError::Database(other.to_string()),
+            other => StoreError::Redis(other.to_string()),
         }
     }
 }
@@ -331,12 +403,12 @@ impl SharedStore {
     /// is contacted yet; the change stream keeps about the last `stream_retention` revisions.
     pub fn open(url: &str, prefix: &str, stream_retention: u64) -> Result<SharedStore, StoreError> {
         if prefix.is_empty() || prefix.contains(['{', '}']) {
-            return Err(StoreError::Database(format!(
+            return Err(StoreError::Redis(format!(
                 "redis key prefix {prefix:?} must be non-empty and without braces"
             )));
         }
         let client = redis::Client::open(url)
-            .map_err(|e| StoreError::Database(format!("redis url {url:?}: {e}")))?;
+            .map_err(|e| StoreError::Redis(format!("redis url {url:?}: {e}")))?;
         Ok(SharedStore {
             client,
             keys: Keys::new(prefix),
@@ -344,6 +416,7 @@ impl SharedStore {
             connection: Mutex::new(None),
             write_script: redis::Script::new(WRITE_SCRIPT),
             position_script: redis::Script::new(POSITION_SCRIPT),
+            release_fence_script: redis::Script::new(RELEASE_FENCE_SCRIPT),
         })
     }
 
@@ -381,7 +454,7 @@ impl SharedStore {
             // never reached a live server, so it is sent once more on a fresh connection.
             // (A write script that did run would fail its revision checks the second time
             // and be resolved again, so this never applies a write twice.)
-            Err(error) if reused && (error.is_connection_dropped() || error.is_io_error()) => {
+            Err(error) if reused && error.is_io_error() && !error.is_timeout() => {
                 *slot = None;
                 let connection = slot.insert(self.connect(Duration::ZERO)?);
                 work(connection).map_err(|error| {
@@ -408,7 +481,10 @@ impl SharedStore {
             .key(&self.keys.instances)
             .key(&self.keys.changes)
             .key(&self.keys.leases)
-            .key(&self.keys.removals);
+            .key(&self.keys.removals)
+            .key(&self.keys.epoch)
+            .key(&self.keys.tail)
+            .key(&self.keys.fence);
         let mut lease_ops: Vec<(&str, &str, u64)> = write
             .leases
             .iter()
@@ -446,7 +522,10 @@ impl SharedStore {
             .arg(lease_ops.len())
             .arg(self.stream_retention)
             .arg(body)
-            .arg(write.placeholder_base);
+            .arg(write.placeholder_base)
+            .arg(write.epoch)
+            .arg(fresh_token())
+            .arg(write.fence.unwrap_or(""));
         for (id, expected) in write.checks {
             invocation.arg(id).arg(expected);
         }
@@ -493,50 +572,74 @@ impl SharedStore {
                 id: reply.get(1).cloned().unwrap_or_default(),
                 revision: number(reply.get(2))?,
             }),
+            Some("replaced") => Err(SharedWriteError::Replaced {
+                revision: number(reply.get(1))?,
+            }),
+            Some("fenced") => Err(SharedWriteError::Fenced),
             _ => Err(SharedWriteError::Failed(format!(
                 "unexpected reply {reply:?}"
             ))),
         }
     }
 
-    /// The store's current revision, stream position and epoch, read atomically (and the
-    /// epoch created when the data set is new).
-    pub fn position(&self) -> Result<(u64, String, String), SharedWriteError> {
-        let fresh_epoch = format!(
-            "{:x}-{:x}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0)
-        );
+    /// The store's current revision, stream position, epoch and tail, read atomically (and
+    /// the epoch created when the data set is new).
+    pub fn position(&self) -> Result<StorePosition, SharedWriteError> {
+        let fresh_epoch = fresh_token();
         let reply: Vec<String> = self.with_connection(|c| {
             self.position_script
                 .key(&self.keys.revision)
                 .key(&self.keys.changes)
                 .key(&self.keys.epoch)
+                .key(&self.keys.tail)
                 .arg(&fresh_epoch)
                 .invoke(c)
         })?;
         match reply.as_slice() {
-            [revision, position, epoch] => Ok((
-                revision.parse().map_err(|_| {
+            [revision, position, epoch, tail] => Ok(StorePosition {
+                revision: revision.parse().map_err(|_| {
                     SharedWriteError::Failed(format!("revision {revision:?} is not a number"))
                 })?,
-                position.clone(),
-                epoch.clone(),
-            )),
+                position: position.clone(),
+                epoch: epoch.clone(),
+                tail: tail.clone(),
+            }),
             _ => Err(SharedWriteError::Failed(format!(
                 "unexpected reply {reply:?}"
             ))),
         }
+    }
+
+    /// Takes the write fence for `hold` unless another node holds it (true when taken).
+    pub fn take_fence(&self, token: &str, hold: Duration) -> Result<bool, SharedWriteError> {
+        let reply: Option<String> = self.with_connection(|c| {
+            redis::cmd("SET")
+                .arg(&self.keys.fence)
+                .arg(token)
+                .arg("NX")
+                .arg("PX")
+                .arg(hold.as_millis() as u64)
+                .query(c)
+        })?;
+        Ok(reply.is_some())
+    }
+
+    /// Releases the write fence if this token still holds it.
+    pub fn release_fence(&self, token: &str) -> Result<(), SharedWriteError> {
+        self.with_connection(|c| {
+            self.release_fence_script
+                .key(&self.keys.fence)
+                .arg(token)
+                .invoke::<i64>(c)
+        })
+        .map(|_| ())
     }
 
     /// Reads a consistent starting point: the position first, then every instance (those
     /// changed during the scan are caught up by following the stream from the position,
     /// applying a change only when it is newer than the instance's revision).
     pub fn snapshot(&self) -> Result<SharedSnapshot, StoreError> {
-        let (revision, position, epoch) = self.position()?;
+        let start = self.position()?;
         // One thread scans while another decodes what the previous step returned.
         let (pages, decoder_input) = std::sync::mpsc::sync_channel::<Vec<RawRecord>>(4);
         let started = std::time::Instant::now();
@@ -595,7 +698,7 @@ impl SharedStore {
             decoded
         })?;
         tracing::debug!(instances = instances.len(), elapsed = ?started.elapsed(), "redis snapshot scanned");
-        let (settled, _, _) = self.position()?;
+        let settled = self.position()?.revision;
         let scores: Vec<(String, f64)> = self.with_connection(|c| {
             redis::cmd("ZRANGE")
                 .arg(&self.keys.leases)
@@ -606,10 +709,11 @@ impl SharedStore {
         })?;
         Ok(SharedSnapshot {
             instances,
-            revision,
-            position,
+            revision: start.revision,
+            position: start.position,
             settled,
-            epoch,
+            epoch: start.epoch,
+            tail: start.tail,
             leases: scores.into_iter().map(|(id, at)| (id, at as u64)).collect(),
         })
     }
@@ -663,6 +767,8 @@ impl SharedStore {
                 .arg(&self.keys.leases)
                 .arg(&self.keys.removals)
                 .arg(&self.keys.epoch)
+                .arg(&self.keys.tail)
+                .arg(&self.keys.fence)
                 .query::<u64>(c)
         })
         .map(|_| ())
@@ -768,6 +874,8 @@ fn parse_entry(position: String, fields: &[Value]) -> Result<StreamEntry, Shared
     let mut first = None;
     let mut placeholder = None;
     let mut body: Option<&[u8]> = None;
+    let mut token = String::new();
+    let mut previous = String::new();
     for pair in fields.chunks(2) {
         let [name, value] = pair else {
             return Err(malformed("odd field list"));
@@ -775,6 +883,8 @@ fn parse_entry(position: String, fields: &[Value]) -> Result<StreamEntry, Shared
         match text(name).as_deref() {
             Some("b") => first = text(value).and_then(|t| t.parse::<u64>().ok()),
             Some("p") => placeholder = text(value).and_then(|t| t.parse::<u64>().ok()),
+            Some("t") => token = text(value).unwrap_or_default(),
+            Some("q") => previous = text(value).unwrap_or_default(),
             Some("d") => {
                 if let Value::BulkString(bytes) = value {
                     body = Some(bytes);
@@ -812,6 +922,8 @@ fn parse_entry(position: String, fields: &[Value]) -> Result<StreamEntry, Shared
         first,
         changes,
         leases: body.leases,
+        token,
+        previous,
     })
 }
 

@@ -121,7 +121,7 @@ impl Cluster {
         let mut attempts = 0;
         loop {
             match self.store.position() {
-                Ok((revision, _, _)) => return revision,
+                Ok(position) => return position.revision,
                 Err(error) if attempts < 3 => {
                     eprintln!("reading the store's revision: {error}; trying again");
                     attempts += 1;

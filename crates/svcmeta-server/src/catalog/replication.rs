@@ -18,11 +18,12 @@
 //! Lease timers live in Redis sorted sets; a node carries one out only through a write whose
 //! script removes the timer it saw, so each timer fires once across all nodes.
 
-use std::sync::atomic::Ordering;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use svcmeta_core::{Event, Health, Mutation};
+use svcmeta_core::{Event, Health, Instance, Mutation};
 use svcmeta_store::{
     real_revision, LeaseClaim, LeaseTimer, SharedStore, SharedWrite, SharedWriteError, Snapshot,
     StoreError, StreamEntry,
@@ -44,6 +45,14 @@ const MAX_ATTEMPTS: u8 = 16;
 const APPLY_WAIT: Duration = Duration::from_secs(5);
 /// Most due timers carried out per poll.
 const TIMERS_PER_POLL: usize = 256;
+/// After this many lost races a request takes the write fence for its next attempt.
+const FENCE_AFTER: u8 = 3;
+/// How long a node may hold the write fence (and others wait for it).
+const FENCE_HOLD: Duration = Duration::from_secs(10);
+/// How often a node looks again at a fence another node holds.
+const FENCE_POLL: Duration = Duration::from_millis(5);
+/// How often the follower checks that the data set is the one it follows.
+const VERIFY_EVERY: Duration = Duration::from_secs(1);
 
 /// Where the follower is in the shared store's history.
 #[derive(Debug, Default)]
@@ -56,6 +65,8 @@ struct FollowState {
     applied: u64,
     /// Events of revisions up to here are not kept (they were caught up from a snapshot).
     history_floor: u64,
+    /// The token of the entry at `position`: the next entry must name it as its predecessor.
+    tail: String,
 }
 
 /// The follower's state, shared by the committer, the follower thread and readers.
@@ -69,7 +80,9 @@ pub(super) struct Replication {
     resyncs: std::sync::atomic::AtomicU64,
     /// Set once the committer has stopped: the follower may stop too (not earlier, so writes
     /// finishing during a graceful shutdown still see themselves applied).
-    stop: std::sync::atomic::AtomicBool,
+    stop: AtomicBool,
+    /// Set by a write that found the data set replaced: the follower checks at once.
+    check_requested: AtomicBool,
 }
 
 /// How a node on a shared store stands (for `/healthz`, headers and stats).
@@ -102,6 +115,7 @@ impl Replication {
             state.epoch = snapshot.epoch;
             state.applied = snapshot.revision;
             state.history_floor = snapshot.settled;
+            state.tail = snapshot.tail;
         }
         self.resyncs.fetch_add(1, Ordering::Relaxed);
         Ok(Snapshot {
@@ -166,6 +180,17 @@ impl Replication {
     }
 }
 
+/// An instance state a write resolved, with the revisions Redis gave it.
+fn fix_revisions(instance: Arc<Instance>, base: u64, first: u64) -> Arc<Instance> {
+    if instance.modify_revision <= base {
+        return instance;
+    }
+    let mut fixed = Instance::clone(&instance);
+    fixed.modify_revision = real_revision(fixed.modify_revision, base, first);
+    fixed.create_revision = real_revision(fixed.create_revision, base, first);
+    Arc::new(fixed)
+}
+
 fn unavailable(reason: String) -> WriteError {
     WriteError::Store(StoreError::Unavailable(reason))
 }
@@ -176,7 +201,72 @@ fn store_error(error: SharedWriteError) -> WriteError {
 
 impl Shared {
     /// Writes a batch through the shared store and answers once this node has applied it.
+    /// Requests that lost a race are resolved again, one by one, after catching up.
     pub(super) fn commit_shared(&self, store: &SharedStore, batch: Vec<WriteRequest>) {
+        let mut work: VecDeque<Vec<WriteRequest>> = VecDeque::from([batch]);
+        while let Some(batch) = work.pop_front() {
+            let again = self.commit_shared_once(store, batch);
+            if again.is_empty() {
+                continue;
+            }
+            // A short random pause, so two nodes writing one id do not keep colliding in
+            // step, then catch up with the store.
+            let jitter = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos() % 2_000);
+            std::thread::sleep(Duration::from_micros(u64::from(jitter)));
+            match store.position() {
+                Ok(position) => {
+                    self.replication.wait_applied(position.revision, APPLY_WAIT);
+                    work.extend(again.into_iter().map(|request| vec![request]));
+                }
+                Err(error) => {
+                    for request in again {
+                        let _ = request.reply.send(Err(store_error(error.clone())));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes the write fence for a request that kept losing races, and catches up with the
+    /// store, so its next attempt cannot lose. `None` when the fence could not be taken.
+    fn fence_for_retry(&self, store: &SharedStore) -> Option<String> {
+        let token = format!(
+            "{:x}-{:x}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        );
+        let deadline = Instant::now() + FENCE_HOLD;
+        loop {
+            match store.take_fence(&token, FENCE_HOLD) {
+                Ok(true) => break,
+                Ok(false) if Instant::now() < deadline => {
+                    std::thread::sleep(FENCE_POLL);
+                }
+                _ => return None,
+            }
+        }
+        match store.position() {
+            Ok(position) => {
+                self.replication.wait_applied(position.revision, APPLY_WAIT);
+                Some(token)
+            }
+            Err(_) => {
+                let _ = store.release_fence(&token);
+                None
+            }
+        }
+    }
+
+    /// One attempt at a batch; returns the requests to resolve again.
+    fn commit_shared_once(
+        &self,
+        store: &SharedStore,
+        batch: Vec<WriteRequest>,
+    ) -> Vec<WriteRequest> {
         if let Some(reason) = self
             .replication
             .problem
@@ -187,8 +277,13 @@ impl Shared {
             for request in batch {
                 let _ = request.reply.send(Err(unavailable(reason.clone())));
             }
-            return;
+            return Vec::new();
         }
+        let fence = match batch.as_slice() {
+            [request] if request.attempt >= FENCE_AFTER => self.fence_for_retry(store),
+            _ => None,
+        };
+        let epoch = self.replication.lock().epoch.clone();
         let now = self.clock.now_ms();
         let Resolution {
             base,
@@ -212,6 +307,9 @@ impl Shared {
             }
         }
         if changes.is_empty() && lease_updates.is_empty() && claims.is_empty() {
+            if let Some(token) = &fence {
+                let _ = store.release_fence(token);
+            }
             let revision = self.replication.lock().applied;
             for request in accepted {
                 let _ = request.reply.send(Ok(WriteOutcome {
@@ -220,107 +318,103 @@ impl Shared {
                     changed: 0,
                 }));
             }
-        } else {
-            let write = SharedWrite {
-                checks: &checks,
-                claims: &claims,
-                changes: &changes,
-                placeholder_base: base,
-                leases: &lease_updates,
-            };
-            match store.commit(&write) {
-                Ok(committed) => {
-                    self.commits.fetch_add(1, Ordering::Relaxed);
-                    if !self.replication.wait_applied(committed.last, APPLY_WAIT) {
-                        tracing::warn!(
-                            revision = committed.last,
-                            "a committed write is not applied on this node yet"
-                        );
-                    }
-                    for request in accepted {
-                        let revision = if request.changed > 0 {
-                            real_revision(request.revision, base, committed.first)
-                        } else {
-                            committed.last
-                        };
-                        let states = request
-                            .states
-                            .into_iter()
-                            .map(|state| {
-                                state.map(|instance| {
-                                    if instance.modify_revision <= base {
-                                        return instance;
-                                    }
-                                    let mut fixed = svcmeta_core::Instance::clone(&instance);
-                                    fixed.modify_revision =
-                                        real_revision(fixed.modify_revision, base, committed.first);
-                                    fixed.create_revision =
-                                        real_revision(fixed.create_revision, base, committed.first);
-                                    Arc::new(fixed)
-                                })
-                            })
-                            .collect();
-                        let _ = request.reply.send(Ok(WriteOutcome {
-                            revision,
-                            states,
-                            changed: request.changed,
-                        }));
-                    }
+            return again;
+        }
+        let write = SharedWrite {
+            checks: &checks,
+            claims: &claims,
+            changes: &changes,
+            placeholder_base: base,
+            leases: &lease_updates,
+            epoch: &epoch,
+            fence: fence.as_deref(),
+        };
+        let result = store.commit(&write);
+        if let (Err(_), Some(token)) = (&result, &fence) {
+            let _ = store.release_fence(token);
+        }
+        match result {
+            Ok(committed) => {
+                self.commits.fetch_add(1, Ordering::Relaxed);
+                if !self.replication.wait_applied(committed.last, APPLY_WAIT) {
+                    tracing::warn!(
+                        revision = committed.last,
+                        "a committed write is not applied on this node yet"
+                    );
                 }
-                Err(SharedWriteError::Conflict { id, revision }) => {
-                    self.replication.wait_applied(revision, APPLY_WAIT);
-                    for request in accepted {
-                        match request.retry {
-                            Some(retry) if retry.attempt < MAX_ATTEMPTS => {
-                                let mut request = retry.into_request(request.reply);
-                                request.attempt += 1;
-                                again.push(request);
-                            }
-                            _ => {
-                                let _ = request
-                                    .reply
-                                    .send(Err(WriteError::Contended { id: id.clone() }));
-                            }
+                for request in accepted {
+                    let revision = if request.changed > 0 {
+                        real_revision(request.revision, base, committed.first)
+                    } else {
+                        committed.last
+                    };
+                    let states = request
+                        .states
+                        .into_iter()
+                        .map(|state| {
+                            state.map(|instance| fix_revisions(instance, base, committed.first))
+                        })
+                        .collect();
+                    let _ = request.reply.send(Ok(WriteOutcome {
+                        revision,
+                        states,
+                        changed: request.changed,
+                    }));
+                }
+            }
+            Err(SharedWriteError::Conflict { id, revision }) => {
+                self.replication.wait_applied(revision, APPLY_WAIT);
+                for request in accepted {
+                    match request.retry {
+                        Some(retry) if retry.attempt < MAX_ATTEMPTS => {
+                            let mut request = retry.into_request(request.reply);
+                            request.attempt += 1;
+                            again.push(request);
+                        }
+                        _ => {
+                            let _ = request
+                                .reply
+                                .send(Err(WriteError::Contended { id: id.clone() }));
                         }
                     }
                 }
-                Err(error) => {
-                    if let SharedWriteError::Unavailable(reason) = &error {
-                        self.replication.set_problem(Some(reason.clone()));
-                    }
-                    let message = error.to_string();
-                    for request in accepted {
-                        let _ = request.reply.send(Err(match &error {
-                            SharedWriteError::Unavailable(reason) => unavailable(reason.clone()),
-                            _ => WriteError::Store(StoreError::Database(message.clone())),
-                        }));
+            }
+            Err(SharedWriteError::Fenced) => {
+                // Another node is finishing a large write: wait for it, without counting an
+                // attempt, for at most about FENCE_HOLD.
+                std::thread::sleep(FENCE_POLL);
+                for request in accepted {
+                    match request.retry {
+                        Some(retry)
+                            if u64::from(retry.waits) * FENCE_POLL.as_millis() as u64
+                                <= FENCE_HOLD.as_millis() as u64 =>
+                        {
+                            let mut request = retry.into_request(request.reply);
+                            request.waits += 1;
+                            again.push(request);
+                        }
+                        _ => {
+                            let _ = request.reply.send(Err(unavailable(
+                                "another node held the write fence too long".to_string(),
+                            )));
+                        }
                     }
                 }
-            }
-        }
-        if again.is_empty() {
-            return;
-        }
-        // Catch up with the store before resolving the requests again, one by one, after a
-        // short random pause so two nodes writing one id do not keep colliding in step.
-        let jitter = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos() % 2_000);
-        std::thread::sleep(Duration::from_micros(u64::from(jitter)));
-        match store.position() {
-            Ok((revision, _, _)) => {
-                self.replication.wait_applied(revision, APPLY_WAIT);
             }
             Err(error) => {
-                for request in again {
+                match &error {
+                    SharedWriteError::Unavailable(reason) => {
+                        self.replication.set_problem(Some(reason.clone()));
+                    }
+                    SharedWriteError::Replaced { .. } => self.replication.request_check(),
+                    _ => {}
+                }
+                for request in accepted {
                     let _ = request.reply.send(Err(store_error(error.clone())));
                 }
-                return;
             }
         }
-        for request in again {
-            self.commit_shared(store, vec![request]);
-        }
+        again
     }
 
     /// Carries out the lease timers due in Redis at `now` (each through a claiming write).
@@ -380,18 +474,33 @@ impl Shared {
         };
         let mut follower = store.follower();
         let mut verify = false;
+        let mut last_verified = Instant::now();
+        let mut failures: u32 = 0;
         let mut backoff = Duration::from_millis(50);
         while !self.replication.stop.load(Ordering::SeqCst) {
+            if last_verified.elapsed() >= VERIFY_EVERY
+                || self
+                    .replication
+                    .check_requested
+                    .swap(false, Ordering::SeqCst)
+            {
+                verify = true;
+            }
             if verify {
                 match store.position() {
-                    Ok((revision, _, epoch)) => {
-                        let (known_epoch, applied) = {
+                    Ok(now) => {
+                        let (diverged, applied) = {
                             let state = self.replication.lock();
-                            (state.epoch.clone(), state.applied)
+                            (
+                                now.epoch != state.epoch
+                                    || now.revision < state.applied
+                                    || (now.position == state.position && now.tail != state.tail),
+                                state.applied,
+                            )
                         };
-                        if epoch != known_epoch || revision < applied {
+                        if diverged {
                             tracing::warn!(
-                                revision,
+                                revision = now.revision,
                                 applied,
                                 "the redis data set was replaced or lost writes; loading it again"
                             );
@@ -403,6 +512,7 @@ impl Shared {
                             }
                         }
                         verify = false;
+                        last_verified = Instant::now();
                     }
                     Err(error) => {
                         self.replication.set_problem(Some(error.to_string()));
@@ -416,10 +526,11 @@ impl Shared {
             match follower.read(&position, READ_BLOCK, READ_COUNT) {
                 Ok(entries) => {
                     self.replication.set_problem(None);
+                    failures = 0;
                     backoff = Duration::from_millis(50);
                     for entry in entries {
                         if let Err(gap) = self.apply_entry(entry) {
-                            tracing::warn!(%gap, "the change stream no longer holds what this node needs; loading a snapshot");
+                            tracing::warn!(%gap, "loading a snapshot");
                             if let Err(error) = self.resync(store) {
                                 self.replication.set_problem(Some(error.to_string()));
                                 verify = true;
@@ -429,10 +540,16 @@ impl Shared {
                     }
                 }
                 Err(error) => {
-                    self.replication.set_problem(Some(error.to_string()));
+                    failures += 1;
                     verify = true;
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    // One failed read (an interrupted system call, a connection that died
+                    // idle) is retried at once on a fresh connection; Redis counts as
+                    // unreachable only when that fails too.
+                    if failures > 1 {
+                        self.replication.set_problem(Some(error.to_string()));
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                    }
                 }
             }
         }
@@ -441,6 +558,13 @@ impl Shared {
     /// Applies one stream entry; an error names a gap (entries this node never saw).
     fn apply_entry(&self, entry: StreamEntry) -> Result<(), String> {
         let mut state = self.replication.lock();
+        if entry.previous != state.tail {
+            return Err(format!(
+                "entry {} does not follow the entry this node applied last: the store's history \
+                 changed (restored from older data?)",
+                entry.position
+            ));
+        }
         let count = entry.changes.len() as u64;
         if count > 0 && entry.first > state.applied + 1 {
             return Err(format!(
@@ -491,6 +615,7 @@ impl Shared {
             self.revision_tx.send_replace(revision);
         }
         state.position = entry.position;
+        state.tail = entry.token;
         drop(state);
         self.replication.applied_changed.notify_all();
         Ok(())
@@ -517,6 +642,7 @@ impl Shared {
         state.epoch = snapshot.epoch;
         state.applied = snapshot.revision;
         state.history_floor = snapshot.settled;
+        state.tail = snapshot.tail;
         drop(state);
         self.replication.resyncs.fetch_add(1, Ordering::Relaxed);
         self.replication.set_problem(None);
@@ -527,6 +653,11 @@ impl Shared {
 }
 
 impl Replication {
+    /// Asks the follower to check the data set now.
+    fn request_check(&self) {
+        self.check_requested.store(true, Ordering::SeqCst);
+    }
+
     /// Tells the follower thread to stop after its current read.
     pub(super) fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
