@@ -132,6 +132,56 @@ impl TestRedis {
         )
     }
 
+    /// The keys of a data set (prefix) with their `DUMP` serialisation, to restore later.
+    pub fn dump_data_set(&self, prefix: &str) -> Vec<(String, Vec<u8>)> {
+        let mut connection = self.connection();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{{{prefix}}}:*"))
+            .query(&mut connection)
+            .expect("KEYS");
+        keys.into_iter()
+            .map(|key| {
+                let dump: Vec<u8> = redis::cmd("DUMP")
+                    .arg(&key)
+                    .query(&mut connection)
+                    .expect("DUMP");
+                (key, dump)
+            })
+            .collect()
+    }
+
+    /// Puts a data set back as [`TestRedis::dump_data_set`] saw it (a restore from a backup):
+    /// its keys now hold exactly the dumped values, keys created since are deleted.
+    pub fn restore_data_set(&self, prefix: &str, dump: &[(String, Vec<u8>)]) {
+        let mut connection = self.connection();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{{{prefix}}}:*"))
+            .query(&mut connection)
+            .expect("KEYS");
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for key in keys {
+            pipe.cmd("DEL").arg(key).ignore();
+        }
+        for (key, value) in dump {
+            pipe.cmd("RESTORE")
+                .arg(key)
+                .arg(0)
+                .arg(value.as_slice())
+                .arg("REPLACE")
+                .ignore();
+        }
+        pipe.query::<()>(&mut connection)
+            .expect("restore the data set");
+    }
+
+    fn connection(&self) -> redis::Connection {
+        redis::Client::open(self.url.as_str())
+            .expect("redis url")
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .expect("connect to the test redis")
+    }
+
     /// Runs one command against this Redis (test set-up and inspection).
     pub fn command(&self, args: &[&str]) -> redis::Value {
         let client = redis::Client::open(self.url.as_str()).expect("redis url");

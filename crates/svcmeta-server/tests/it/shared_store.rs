@@ -1,7 +1,8 @@
 //! Several catalogs (nodes) in one process sharing one Redis: convergence against a
 //! single-node model, last-revision-wins on one id, compare-and-set across nodes, lease
 //! expiry carried out once, a cached query never served after another node's change, watches
-//! woken by another node's write, lag tolerated by writes, and a restarted node catching up.
+//! woken by another node's write, lag tolerated by writes, a restarted node catching up, and
+//! nodes noticing a data set that was deleted or restored from an older backup under them.
 //!
 //! Redis comes from `SVCMETA_TEST_REDIS_URL` or a private `redis-server` (a loud skip without
 //! either, a failure under `CI=true`); every test uses its own key prefix.
@@ -510,4 +511,164 @@ fn a_node_opened_later_or_reopened_catches_up_with_everything() {
     converge(&[&reopened], last);
     assert_eq!(contents(&reopened), contents(&a));
     assert_eq!(reopened.revision(), a.revision());
+}
+
+/// Waits until every node holds exactly what a freshly opened node loads from Redis.
+fn converge_on_store(redis: &TestRedis, prefix: &str, nodes: &[&Catalog]) {
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        let truth = contents(&node(redis, prefix));
+        let agreeing = nodes.iter().filter(|n| contents(n) == truth).count();
+        if agreeing == nodes.len() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} nodes differ from the store: {:?}",
+            nodes.len() - agreeing,
+            nodes.len(),
+            nodes.iter().map(|n| n.replication()).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Retries a write refused while a node reloads a replaced data set.
+fn write_eventually(node: &Catalog, mutation: Mutation) -> u64 {
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        match node.write_blocking(vec![mutation.clone()]) {
+            Ok(outcome) => return outcome.revision,
+            Err(WriteError::Store(error)) if Instant::now() < deadline => {
+                eprintln!("write refused while the node reloads: {error}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(error) => panic!("write failed: {error}"),
+        }
+    }
+}
+
+#[test]
+fn nodes_notice_a_deleted_data_set_and_follow_the_new_one() {
+    let Some(redis) = TestRedis::any("deleted_data_set") else {
+        return;
+    };
+    let prefix = TestRedis::unique_prefix("flushed");
+    let a = node(&redis, &prefix);
+    let b = node(&redis, &prefix);
+    for n in 0..5 {
+        a.write_blocking(vec![register(&format!("old{n}"), "pay", n, &[], "prod")])
+            .expect("write");
+    }
+    converge(&[&b], a.revision());
+    // Everything of the data set disappears (FLUSHDB, or an operator deleting the keys).
+    SharedStore::open(&redis.url, &prefix, 16)
+        .expect("store")
+        .remove_data_set()
+        .expect("delete");
+    for n in 0..3 {
+        write_eventually(&b, register(&format!("new{n}"), "pay", n, &[], "prod"));
+    }
+    converge_on_store(&redis, &prefix, &[&a, &b]);
+    let ids: Vec<String> = contents(&a).into_keys().collect();
+    assert_eq!(
+        ids,
+        ["new0", "new1", "new2"],
+        "acknowledged writes after the flush"
+    );
+    assert!(a.replication().expect("redis").resyncs >= 2);
+}
+
+#[test]
+fn nodes_notice_a_data_set_restored_from_an_older_backup() {
+    let Some(redis) = TestRedis::any("restored_data_set") else {
+        return;
+    };
+    let prefix = TestRedis::unique_prefix("restored");
+    let a = node(&redis, &prefix);
+    let b = node(&redis, &prefix);
+    for n in 0..10 {
+        a.write_blocking(vec![register(&format!("kept{n}"), "pay", n, &[], "prod")])
+            .expect("write");
+    }
+    let backup = redis.dump_data_set(&prefix);
+    for n in 0..5 {
+        a.write_blocking(vec![register(&format!("lost{n}"), "pay", n, &[], "prod")])
+            .expect("write");
+    }
+    converge(&[&b], a.revision());
+    // Redis comes back from the older backup, and a node that loaded it writes more than
+    // was lost, so the revision passes the other nodes' before they look: only the changed
+    // history (not a revision going backwards) can tell them.
+    redis.restore_data_set(&prefix, &backup);
+    let c = node(&redis, &prefix);
+    c.write_blocking(
+        (0..8)
+            .map(|n| register(&format!("new{n}"), "cart", n, &[], "prod"))
+            .collect(),
+    )
+    .expect("write after the restore");
+    converge_on_store(&redis, &prefix, &[&a, &b, &c]);
+    for (name, n) in [("a", &a), ("b", &b)] {
+        let ids: Vec<String> = contents(n).into_keys().collect();
+        assert!(
+            !ids.iter().any(|id| id.starts_with("lost")),
+            "node {name}: {ids:?}"
+        );
+        assert_eq!(ids.len(), 18, "node {name}: {ids:?}");
+    }
+}
+
+#[test]
+fn a_large_request_is_not_starved_by_small_writes_to_the_same_ids_elsewhere() {
+    let Some(redis) = TestRedis::any("large_request_fence") else {
+        return;
+    };
+    let prefix = TestRedis::unique_prefix("fence");
+    let a = node(&redis, &prefix);
+    let b = Arc::new(node(&redis, &prefix));
+    const IDS: i64 = 5_000;
+    a.write_blocking(
+        (0..IDS)
+            .map(|n| register(&format!("f{n}"), "pay", n, &[], "prod"))
+            .collect(),
+    )
+    .expect("load");
+    converge(&[&b], a.revision());
+    // Writers on B keep changing random ids of the set while A rewrites all of them at once:
+    // without the fence, A's request would lose the race on every attempt.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..4u64)
+        .map(|w| {
+            let b = Arc::clone(&b);
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut dice = Dice(0xD1CE ^ (w + 7));
+                let mut written = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let n = dice.next(IDS as u64) as i64;
+                    let port = 20_000 + dice.next(1000) as i64;
+                    if b.write_blocking(vec![register(&format!("f{n}"), "pay", port, &[], "prod")])
+                        .is_ok()
+                    {
+                        written += 1;
+                    }
+                }
+                written
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let large = a.write_blocking(
+        (0..IDS)
+            .map(|n| register(&format!("f{n}"), "pay", 50_000 + n, &[], "prod"))
+            .collect(),
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let small: u64 = writers.into_iter().map(|w| w.join().expect("writer")).sum();
+    let large = large.unwrap_or_else(|e| panic!("the large request was starved: {e}"));
+    assert_eq!(large.changed as i64, IDS);
+    assert!(small > 0, "the small writers made no write at all");
+    converge(&[&a, &b], a.revision().max(b.revision()));
+    assert_eq!(contents(&a), contents(&b));
 }
