@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::Serialize;
 use svcmeta_core::{validate, InstanceDraft, Mutation};
-use svcmeta_server::Catalog;
+use svcmeta_server::{Catalog, CatalogSettings};
+use svcmeta_store::Store;
 
-use super::http::{header_end, parse_head};
+use super::http::{header_end, parse_head, Server};
 use super::measure::rss_bytes;
 
 /// Descriptors kept free for everything else the process has open.
@@ -101,6 +102,43 @@ fn read_answer(stream: &mut TcpStream) -> anyhow::Result<u16> {
         }
         anyhow::ensure!(buffer.len() < 64 * 1024, "answer head too large");
     }
+}
+
+/// The watched service of [`park_on_fresh_server`].
+const WATCHED: &str = "watched";
+
+/// Runs [`park`] on a server of its own over a small `memory` catalog (20 instances of one
+/// service), before anything else has grown the process's heap: an RSS delta is only the
+/// memory the parked queries took when the allocator has no freed, still-resident memory to
+/// hand out again (after the 1M phases it has hundreds of MiB, and the delta reads low).
+pub(crate) fn park_on_fresh_server(wanted: usize) -> anyhow::Result<ParkedRun> {
+    let catalog = std::sync::Arc::new(
+        Catalog::open(Store::Memory, CatalogSettings::standard())
+            .context("opening a memory catalog")?,
+    );
+    let mut mutations = Vec::new();
+    for n in 0..20 {
+        let draft: InstanceDraft = serde_json::from_value(serde_json::json!({
+            "id": format!("{WATCHED}-{n}"),
+            "service": WATCHED,
+            "environment": "prod",
+            "address": format!("10.0.0.{n}"),
+            "port": 8080,
+            "tags": ["blue", format!("zone=z{}", n % 3)],
+            "version": "1.2.3",
+        }))
+        .context("a watched instance")?;
+        let registration = validate(draft, catalog.limits()).map_err(|e| anyhow::anyhow!("{e}"))?;
+        mutations.push(Mutation::Register(registration));
+    }
+    catalog
+        .write_blocking(mutations)
+        .map_err(|e| anyhow::anyhow!("registering the watched instances: {e}"))?;
+    let server = Server::start(std::sync::Arc::clone(&catalog))?;
+    let path = format!("/api/v1/instances?service={WATCHED}&env=prod&tag=blue&limit=100");
+    let run = park(&catalog, server.address(), &path, WATCHED, wanted);
+    server.stop()?;
+    run
 }
 
 /// Parks up to `wanted` blocking reads of `path` (a list query of `service`, without
