@@ -5,10 +5,18 @@
 //! only while that scope revision is unchanged, so a write that could change the answer makes
 //! the entry unusable at once, whatever its age. Entries also expire after a time to live and
 //! the cache holds at most `max_entries`, evicting the oldest insertions first.
-//! Time is passed in; the cache never reads a clock and does no locking of its own.
+//! Time is passed in; the cache never reads a clock, and the map does no locking of its own
+//! (the caller holds it behind one lock).
+//!
+//! A cached page can also carry its serialised forms ([`Renderings`]), made by the HTTP edge
+//! on first use, so that a hit writes stored bytes instead of serialising every instance
+//! again. They live inside the page, so they are served exactly as long as the page is: never
+//! after a write that could change the answer. Their total size is bounded by a byte budget
+//! shared by every page of one cache.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::model::Instance;
 
@@ -21,7 +29,157 @@ pub struct CachedPage {
     pub instances: Vec<Arc<Instance>>,
     /// Cursor of the next page.
     pub next_cursor: Option<String>,
+    /// Serialised forms of this page, filled by the edge; empty until the page is cached.
+    pub renderings: Renderings,
 }
+
+impl CachedPage {
+    /// A page with no serialised forms yet.
+    pub fn new(total: u64, instances: Vec<Arc<Instance>>, next_cursor: Option<String>) -> Self {
+        CachedPage {
+            total,
+            instances,
+            next_cursor,
+            renderings: Renderings::default(),
+        }
+    }
+}
+
+/// Most serialised forms one page keeps (an API may render one page in several shapes, e.g.
+/// with different per-request filters); a new one replaces the oldest.
+const MAX_RENDERINGS_PER_PAGE: usize = 4;
+
+/// Default bound on the serialised bytes all pages of one cache keep together.
+pub const DEFAULT_RENDERED_BYTES: usize = 64 * 1024 * 1024;
+
+/// The byte budget shared by the renderings of one cache's pages.
+#[derive(Debug)]
+struct RenderBudget {
+    used: AtomicUsize,
+    limit: usize,
+}
+
+impl RenderBudget {
+    /// Takes `bytes` from the budget if they fit.
+    fn take(&self, bytes: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|total| *total <= self.limit)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
+#[derive(Debug)]
+struct Rendering {
+    /// Which serialised shape (chosen by the edge, e.g. `native` or a Consul endpoint with its
+    /// per-request parameters).
+    variant: Box<str>,
+    /// A value the bytes also depend on besides the page (e.g. the generation of a table the
+    /// edge joins in); the bytes are served only while the caller presents the same tag.
+    tag: u64,
+    bytes: Arc<[u8]>,
+}
+
+#[derive(Debug, Default)]
+struct RenderState {
+    /// Set when the page enters a cache; a page outside any cache keeps nothing.
+    budget: Option<Arc<RenderBudget>>,
+    items: Vec<Rendering>,
+}
+
+/// The serialised forms of one cached page (see the module comment).
+///
+/// The bytes are a function of the page (which never changes once built), the variant and
+/// the tag, so they are exactly as fresh as the page itself. Renderings take no part in
+/// equality, and a clone starts without any (they are derived data, cheap to make again).
+#[derive(Debug, Default)]
+pub struct Renderings {
+    state: Mutex<RenderState>,
+}
+
+impl Renderings {
+    fn lock(&self) -> std::sync::MutexGuard<'_, RenderState> {
+        // The state is a plain list; a panic elsewhere cannot leave it half-updated.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Links the page to its cache's budget; only the first link counts.
+    fn attach(&self, budget: &Arc<RenderBudget>) {
+        let mut state = self.lock();
+        if state.budget.is_none() {
+            state.budget = Some(Arc::clone(budget));
+        }
+    }
+
+    /// The bytes kept for `variant` with `tag`, if any.
+    pub fn get(&self, variant: &str, tag: u64) -> Option<Arc<[u8]>> {
+        self.lock()
+            .items
+            .iter()
+            .find(|r| r.tag == tag && &*r.variant == variant)
+            .map(|r| Arc::clone(&r.bytes))
+    }
+
+    /// Keeps `bytes` as the form `variant` with `tag` (replacing an older one of the same
+    /// variant), if the page is in a cache and the cache's byte budget has room. Returns
+    /// whether they were kept.
+    pub fn put(&self, variant: &str, tag: u64, bytes: Arc<[u8]>) -> bool {
+        let mut state = self.lock();
+        let Some(budget) = state.budget.clone() else {
+            return false;
+        };
+        if let Some(position) = state.items.iter().position(|r| &*r.variant == variant) {
+            let old = state.items.remove(position);
+            budget.give_back(old.bytes.len());
+        }
+        if state.items.len() >= MAX_RENDERINGS_PER_PAGE {
+            let old = state.items.remove(0);
+            budget.give_back(old.bytes.len());
+        }
+        if !budget.take(bytes.len()) {
+            return false;
+        }
+        state.items.push(Rendering {
+            variant: variant.into(),
+            tag,
+            bytes,
+        });
+        true
+    }
+
+    /// Bytes kept by this page.
+    pub fn bytes(&self) -> usize {
+        self.lock().items.iter().map(|r| r.bytes.len()).sum()
+    }
+}
+
+impl Drop for Renderings {
+    fn drop(&mut self) {
+        let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let Some(budget) = &state.budget {
+            budget.give_back(state.items.iter().map(|r| r.bytes.len()).sum());
+        }
+    }
+}
+
+impl Clone for Renderings {
+    fn clone(&self) -> Self {
+        Renderings::default()
+    }
+}
+
+impl PartialEq for Renderings {
+    fn eq(&self, _: &Renderings) -> bool {
+        true
+    }
+}
+
+impl Eq for Renderings {}
 
 #[derive(Debug)]
 struct Entry {
@@ -44,11 +202,23 @@ pub struct QueryCache {
     ttl_ms: u64,
     hits: u64,
     misses: u64,
+    /// Shared by the renderings of every page this cache holds.
+    budget: Arc<RenderBudget>,
 }
 
 impl QueryCache {
-    /// A cache of at most `max_entries` answers, each kept at most `ttl_ms`.
+    /// A cache of at most `max_entries` answers, each kept at most `ttl_ms`, whose pages keep
+    /// at most [`DEFAULT_RENDERED_BYTES`] of serialised forms together.
     pub fn new(max_entries: usize, ttl_ms: u64) -> QueryCache {
+        QueryCache::with_rendered_bytes(max_entries, ttl_ms, DEFAULT_RENDERED_BYTES)
+    }
+
+    /// Like [`QueryCache::new`] with another bound on the pages' serialised forms.
+    pub fn with_rendered_bytes(
+        max_entries: usize,
+        ttl_ms: u64,
+        max_rendered_bytes: usize,
+    ) -> QueryCache {
         QueryCache {
             entries: HashMap::new(),
             order: VecDeque::new(),
@@ -57,6 +227,10 @@ impl QueryCache {
             ttl_ms,
             hits: 0,
             misses: 0,
+            budget: Arc::new(RenderBudget {
+                used: AtomicUsize::new(0),
+                limit: max_rendered_bytes,
+            }),
         }
     }
 
@@ -86,10 +260,12 @@ impl QueryCache {
     }
 
     /// Stores an answer computed at `scope_revision`, evicting the oldest insertions first.
+    /// From now on the page can keep serialised forms, within this cache's byte budget.
     pub fn insert(&mut self, key: String, scope_revision: u64, now_ms: u64, page: Arc<CachedPage>) {
         if self.max_entries == 0 {
             return;
         }
+        page.renderings.attach(&self.budget);
         // Replacing a cached key needs no room; a new key evicts the oldest live entries.
         self.entries.remove(&key);
         while self.entries.len() >= self.max_entries {
@@ -144,6 +320,12 @@ impl QueryCache {
     pub fn misses(&self) -> u64 {
         self.misses
     }
+
+    /// Serialised bytes the pages of this cache keep (including pages evicted from the map
+    /// but still being served).
+    pub fn rendered_bytes(&self) -> usize {
+        self.budget.used.load(Ordering::Acquire)
+    }
 }
 
 #[cfg(test)]
@@ -151,11 +333,11 @@ mod tests {
     use super::*;
 
     fn page(total: u64) -> Arc<CachedPage> {
-        Arc::new(CachedPage {
-            total,
-            instances: Vec::new(),
-            next_cursor: None,
-        })
+        Arc::new(CachedPage::new(total, Vec::new(), None))
+    }
+
+    fn bytes(text: &str) -> Arc<[u8]> {
+        Arc::from(text.as_bytes())
     }
 
     #[test]
@@ -198,5 +380,69 @@ mod tests {
         let mut cache = QueryCache::new(0, 60_000);
         cache.insert("q".into(), 1, 0, page(1));
         assert!(cache.lookup("q", 1, 0).is_none());
+    }
+
+    #[test]
+    fn renderings_are_kept_only_for_cached_pages() {
+        let outside = page(1);
+        assert!(!outside.renderings.put("native", 0, bytes("{}")));
+        assert!(outside.renderings.get("native", 0).is_none());
+
+        let mut cache = QueryCache::new(10, 60_000);
+        let cached = page(1);
+        cache.insert("q".into(), 5, 0, Arc::clone(&cached));
+        assert!(cached.renderings.put("native", 0, bytes("{\"total\":1}")));
+        let hit = cache
+            .lookup("q", 5, 1)
+            .map(|p| p.renderings.get("native", 0));
+        assert_eq!(hit.flatten().as_deref(), Some(&b"{\"total\":1}"[..]));
+        // Another tag (e.g. a newer generation of a joined table) does not match.
+        assert!(cached.renderings.get("native", 1).is_none());
+        assert_eq!(cache.rendered_bytes(), 11);
+    }
+
+    #[test]
+    fn renderings_go_with_a_stale_entry() {
+        let mut cache = QueryCache::new(10, 60_000);
+        let cached = page(1);
+        cache.insert("q".into(), 5, 0, Arc::clone(&cached));
+        assert!(cached.renderings.put("native", 0, bytes("old")));
+        drop(cached);
+        // A write moved the scope revision: no page, so no bytes, and the budget is free.
+        assert!(cache.lookup("q", 6, 1).is_none());
+        assert_eq!(cache.rendered_bytes(), 0);
+        let fresh = page(2);
+        cache.insert("q".into(), 6, 1, Arc::clone(&fresh));
+        assert!(fresh.renderings.get("native", 0).is_none());
+    }
+
+    #[test]
+    fn renderings_stay_within_the_byte_budget() {
+        let mut cache = QueryCache::with_rendered_bytes(10, 60_000, 10);
+        let (a, b) = (page(1), page(2));
+        cache.insert("a".into(), 1, 0, Arc::clone(&a));
+        cache.insert("b".into(), 1, 0, Arc::clone(&b));
+        assert!(a.renderings.put("v", 0, bytes("123456")));
+        assert!(!b.renderings.put("v", 0, bytes("123456")));
+        assert_eq!(cache.rendered_bytes(), 6);
+        // Replacing a variant gives its bytes back first.
+        assert!(a.renderings.put("v", 1, bytes("1234567890")));
+        assert_eq!(cache.rendered_bytes(), 10);
+        // At most a few variants per page; the oldest goes.
+        let mut roomy = QueryCache::new(10, 60_000);
+        let c = page(3);
+        roomy.insert("c".into(), 1, 0, Arc::clone(&c));
+        for n in 0..10 {
+            assert!(c.renderings.put(&format!("v{n}"), 0, bytes("x")));
+        }
+        assert_eq!(c.renderings.bytes(), MAX_RENDERINGS_PER_PAGE);
+        assert!(c.renderings.get("v9", 0).is_some());
+        assert!(c.renderings.get("v0", 0).is_none());
+        // Evicting a page hands its bytes back once nothing serves it any more.
+        drop(c);
+        for n in 0..10 {
+            roomy.insert(format!("other{n}"), 1, 0, page(0));
+        }
+        assert_eq!(roomy.rendered_bytes(), 0);
     }
 }

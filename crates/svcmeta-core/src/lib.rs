@@ -15,7 +15,7 @@ mod registry;
 mod validate;
 mod version;
 
-pub use cache::{CachedPage, QueryCache};
+pub use cache::{CachedPage, QueryCache, Renderings, DEFAULT_RENDERED_BYTES};
 pub use event::{Event, EventKind};
 pub use model::{
     format_duration_ms, parse_duration_ms, Health, Instance, InstanceDraft, InstanceFields, Meta,

@@ -11,11 +11,7 @@ use svcmeta_core::{
 };
 
 fn page(total: u64) -> Arc<CachedPage> {
-    Arc::new(CachedPage {
-        total,
-        instances: Vec::new(),
-        next_cursor: None,
-    })
+    Arc::new(CachedPage::new(total, Vec::new(), None))
 }
 
 fn strings(values: &[&str]) -> Vec<String> {

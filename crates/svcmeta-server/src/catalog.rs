@@ -475,6 +475,11 @@ impl Catalog {
         self.shared.revision_tx.subscribe()
     }
 
+    /// Receivers of the revision channel alive now: parked blocking reads and event streams.
+    pub fn watchers(&self) -> usize {
+        self.shared.revision_tx.receiver_count()
+    }
+
     /// Number of store commits so far (group commit makes this smaller than the write count).
     pub fn commits(&self) -> u64 {
         self.shared.commits.load(Ordering::Relaxed)
@@ -598,10 +603,37 @@ impl Catalog {
     }
 
     fn query_uncounted(&self, query: &Query, page: &Page) -> QueryAnswer {
-        let registry = read_lock(&self.shared.registry);
         if !self.shared.settings.cache_enabled {
-            return registry.query(query, page);
+            return read_lock(&self.shared.registry).query(query, page);
         }
+        let (revision, cached) = self.query_cached(query, page);
+        QueryAnswer {
+            revision,
+            total: cached.total,
+            instances: cached.instances.clone(),
+            next_cursor: cached.next_cursor.clone(),
+        }
+    }
+
+    /// Answers a query through the cache like [`Catalog::query`], but hands out the cached
+    /// page itself (with the current revision), so the HTTP edge can keep the page's
+    /// serialised form in it (`CachedPage::renderings`). With the cache off, the page is a
+    /// fresh one that keeps nothing.
+    pub fn query_page(&self, query: &Query, page: &Page) -> (u64, Arc<CachedPage>) {
+        let started = Instant::now();
+        let answer = if self.shared.settings.cache_enabled {
+            self.query_cached(query, page)
+        } else {
+            let answer = read_lock(&self.shared.registry).query(query, page);
+            let page = CachedPage::new(answer.total, answer.instances, answer.next_cursor);
+            (answer.revision, Arc::new(page))
+        };
+        self.shared.stats.record(started.elapsed());
+        answer
+    }
+
+    fn query_cached(&self, query: &Query, page: &Page) -> (u64, Arc<CachedPage>) {
+        let registry = read_lock(&self.shared.registry);
         let key = cache_key(query, page);
         let scope = registry.scope_revision(query);
         let now = now_ms();
@@ -612,25 +644,20 @@ impl Catalog {
             .unwrap_or_else(|p| p.into_inner())
             .lookup(&key, scope, now);
         if let Some(cached) = cached {
-            return QueryAnswer {
-                revision: registry.revision(),
-                total: cached.total,
-                instances: cached.instances.clone(),
-                next_cursor: cached.next_cursor.clone(),
-            };
+            return (registry.revision(), cached);
         }
         let answer = registry.query(query, page);
-        let page = Arc::new(CachedPage {
-            total: answer.total,
-            instances: answer.instances.clone(),
-            next_cursor: answer.next_cursor.clone(),
-        });
+        let page = Arc::new(CachedPage::new(
+            answer.total,
+            answer.instances,
+            answer.next_cursor,
+        ));
         self.shared
             .cache
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(key, scope, now, page);
-        answer
+            .insert(key, scope, now, Arc::clone(&page));
+        (answer.revision, page)
     }
 
     /// Counts matches without building a page.

@@ -213,9 +213,15 @@ pub(crate) struct BenchArgs {
     /// Seconds of each HTTP load run.
     #[arg(long, default_value_t = 5.0)]
     pub(crate) http_seconds: f64,
-    /// Keep-alive connections (client threads) of the HTTP load generator.
+    /// Keep-alive connections of the HTTP load generator (one request in flight on each).
     #[arg(long, default_value_t = 8)]
     pub(crate) http_connections: usize,
+    /// Client threads of the HTTP load generator (event loops sharing the connections).
+    #[arg(long, default_value_t = 1)]
+    pub(crate) http_client_threads: usize,
+    /// Blocking queries to park at once (capped by the open-file limit; 0 skips the run).
+    #[arg(long, default_value_t = 100_000)]
+    pub(crate) parked_queries: usize,
 }
 
 /// Options of `bench-redis`.

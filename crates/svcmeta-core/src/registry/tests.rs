@@ -1313,11 +1313,11 @@ fn cache_key(query: &Query, page: &Page) -> String {
 }
 
 fn cached_page(answer: &QueryAnswer) -> CachedPage {
-    CachedPage {
-        total: answer.total,
-        instances: answer.instances.clone(),
-        next_cursor: answer.next_cursor.clone(),
-    }
+    CachedPage::new(
+        answer.total,
+        answer.instances.clone(),
+        answer.next_cursor.clone(),
+    )
 }
 
 #[test]

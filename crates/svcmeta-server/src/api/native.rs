@@ -14,8 +14,9 @@ use axum::Json;
 use serde::Serialize;
 use serde_json::json;
 use svcmeta_core::{
-    query_with_filter, validate, Cursor, Health, Instance, InstanceDraft, MetaCriterion, Mutation,
-    Page, PlanStep, Query, ServiceSummary, ValidationErrors, VersionCriterion,
+    query_with_filter, validate, CachedPage, Cursor, Health, Instance, InstanceDraft,
+    MetaCriterion, Mutation, Page, PlanStep, Query, ServiceSummary, ValidationErrors,
+    VersionCriterion,
 };
 
 use super::error::ApiError;
@@ -498,17 +499,79 @@ pub(crate) async fn list_instances(
         }
         return Ok(with_index(revision, Json(body)));
     }
-    let answer = state.catalog.query(&request.query, &request.page);
+    if let Some(plan) = plan {
+        let answer = state.catalog.query(&request.query, &request.page);
+        return Ok(with_index(
+            answer.revision,
+            Json(ListBody {
+                revision: answer.revision,
+                total: answer.total,
+                instances: &answer.instances,
+                next_cursor: answer.next_cursor.as_deref(),
+                plan: Some(plan),
+            }),
+        ));
+    }
+    let (revision, page) = state.catalog.query_page(&request.query, &request.page);
+    let tail = list_tail(&page)?;
     Ok(with_index(
-        answer.revision,
-        Json(ListBody {
-            revision: answer.revision,
-            total: answer.total,
-            instances: &answer.instances,
-            next_cursor: answer.next_cursor.as_deref(),
-            plan,
-        }),
+        revision,
+        json_bytes(splice_revision(revision, &tail)),
     ))
+}
+
+/// Which of a cached page's serialised forms is the native list body (after `revision`).
+const LIST_RENDERING: &str = "native-list";
+
+/// The native list body without its `revision`: `{"total":…,"instances":[…],"next_cursor":…}`,
+/// kept with the cached page, so a cache hit serialises no instance. The bytes depend on the
+/// page alone (tag 0), so they are exactly as fresh as the page.
+fn list_tail(page: &CachedPage) -> Result<Arc<[u8]>, ApiError> {
+    if let Some(bytes) = page.renderings.get(LIST_RENDERING, 0) {
+        return Ok(bytes);
+    }
+    let bytes: Arc<[u8]> = serde_json::to_vec(&ListTail {
+        total: page.total,
+        instances: &page.instances,
+        next_cursor: page.next_cursor.as_deref(),
+    })
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+    .into();
+    page.renderings.put(LIST_RENDERING, 0, Arc::clone(&bytes));
+    Ok(bytes)
+}
+
+/// `{"revision":N,` followed by the tail without its opening brace: the body `ListBody`
+/// serialises, with the revision of this very request.
+fn splice_revision(revision: u64, tail: &[u8]) -> Vec<u8> {
+    let fields = tail.strip_prefix(b"{").unwrap_or(tail);
+    let mut body = Vec::with_capacity(fields.len() + 32);
+    body.extend_from_slice(b"{\"revision\":");
+    body.extend_from_slice(revision.to_string().as_bytes());
+    if fields != b"}" {
+        body.push(b',');
+    }
+    body.extend_from_slice(fields);
+    body
+}
+
+/// A response with a JSON body already serialised.
+fn json_bytes(body: Vec<u8>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+#[derive(Serialize)]
+struct ListTail<'a> {
+    total: u64,
+    instances: &'a [Arc<Instance>],
+    next_cursor: Option<&'a str>,
 }
 
 #[derive(Serialize)]

@@ -107,6 +107,67 @@ fn read(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Answer
     }
 }
 
+/// Health answers are kept serialised with the service's cached page; a check's new output
+/// (which may change no catalog revision) and a change of the instance must both show.
+#[test]
+fn cached_health_answers_follow_check_outputs_and_instance_changes() {
+    let server = start();
+    register(
+        &server,
+        json!({"Name": "web", "ID": "web-1", "Port": 80, "Tags": ["v1"],
+               "Check": {"TTL": "30s", "Status": "passing"}}),
+    );
+    let path = "/v1/health/service/web?passing&tag=V1";
+    let output = |server: &Server| {
+        let entries = get(server, path).expect_read_headers().json;
+        entries[0]["Checks"][1]["Output"].clone()
+    };
+    assert_eq!(output(&server), "");
+    // The compact answer (node and serfHealth serialised once) is the pretty one, compacted.
+    register(
+        &server,
+        json!({"Name": "web", "ID": "web-2", "Tags": ["v1"], "Meta": {"env": "prod"}}),
+    );
+    let compact = get(&server, path).expect(200);
+    let pretty = get(&server, &format!("{path}&pretty")).expect(200);
+    assert_eq!(compact.json, pretty.json);
+    assert!(!compact.text.contains('\n') && pretty.text.contains('\n'));
+    assert_eq!(ids(&compact.json, "/Service/ID"), vec!["web-1", "web-2"]);
+    let hits = server.catalog().cache_counts().0;
+    assert_eq!(output(&server), "");
+    assert!(
+        server.catalog().cache_counts().0 > hits,
+        "read from the cache"
+    );
+    for note in ["first", "second", "second again"] {
+        put_empty(
+            &server,
+            &format!("/v1/agent/check/pass/service:web-1?note={}", encode(note)),
+        )
+        .expect(200);
+        assert_eq!(output(&server), note);
+    }
+    // The instance changes: new port, and then it stops matching the tag.
+    register(
+        &server,
+        json!({"Name": "web", "ID": "web-1", "Port": 81, "Tags": ["v1"],
+               "Check": {"TTL": "30s", "Status": "passing"}}),
+    );
+    let entries = get(&server, path).json;
+    assert_eq!(entries[0]["Service"]["Port"], 81);
+    register(
+        &server,
+        json!({"Name": "web", "ID": "web-1", "Port": 81, "Tags": ["v2"],
+               "Check": {"TTL": "30s", "Status": "passing"}}),
+    );
+    let entries = get(&server, path).json;
+    assert_eq!(ids(&entries, "/Service/ID"), vec!["web-2"]);
+    // Another shape of the same page (pretty, another tag) is its own answer.
+    let pretty = get(&server, "/v1/health/service/web?tag=v2&pretty").expect(200);
+    assert!(pretty.text.contains("\n"), "{}", pretty.text);
+    assert_eq!(ids(&pretty.json, "/Service/ID"), vec!["web-1"]);
+}
+
 fn get(server: &Server, path: &str) -> Answer {
     read(agent().get(format!("{}{path}", server.base())).call())
 }

@@ -4,9 +4,9 @@
 //! Helpers outside `#[test]` functions panic on unexpected failures too: that is how a test
 //! fails, so `expect` is allowed in this test binary.
 //!
-//! Modules: single-instance writes, bulk writes, queries and paging, input validation and
-//! limits, the service/stats/metrics/health endpoints, concurrent clients, and the
-//! Consul-compatible API (`consul`, with its golden fixtures under `fixtures/consul/`).
+//! Modules: single-instance writes, bulk writes, queries and paging, serialised pages kept
+//! in the cache, input validation and limits, the service/stats/metrics/health endpoints,
+//! concurrent clients, and the Consul-compatible API (`consul`, with its golden fixtures under `fixtures/consul/`).
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -17,6 +17,7 @@ mod endpoints;
 mod instances;
 mod live;
 mod queries;
+mod rendered;
 mod shared_store;
 mod support;
 mod validation;

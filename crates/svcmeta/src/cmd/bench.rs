@@ -23,6 +23,7 @@ mod cases;
 mod data;
 mod http;
 mod measure;
+mod parked;
 pub(crate) mod scale_out;
 mod sqlite;
 mod writes;
@@ -288,6 +289,17 @@ fn measure_all(args: &BenchArgs) -> anyhow::Result<Value> {
     };
     let cache_on = CatalogSettings::standard();
 
+    // --- Parked blocking queries, first: the heap is still small and clean. ---------------
+    let parked = if args.parked_queries > 0 {
+        progress.say(format_args!(
+            "parking up to {} blocking queries on a fresh server",
+            args.parked_queries
+        ));
+        Some(parked::park_on_fresh_server(args.parked_queries)?)
+    } else {
+        None
+    };
+
     // --- Load into memory; memory figures right after. ---------------------------------
     let rss_before = rss_bytes();
     progress.say(format_args!(
@@ -544,13 +556,28 @@ fn measure_all(args: &BenchArgs) -> anyhow::Result<Value> {
         expected[three][0].total
     );
     let duration = Duration::from_secs_f64(args.http_seconds.max(0.1));
-    let native = http::load(
+    let path_of = |url: &String| url[base_url.len()..].to_string();
+    let native_paths: Vec<String> = native_urls.iter().map(path_of).collect();
+    let native = http::load_raw(
+        "GET /api/v1/instances?service=S&env=E&tag=T&limit=100",
+        server.address(),
+        &native_paths,
+        args.http_client_threads,
+        args.http_connections,
+        duration,
+    )?;
+    anyhow::ensure!(native.errors == 0, "{} HTTP errors", native.errors);
+    let native_ureq = http::load(
         "GET /api/v1/instances?service=S&env=E&tag=T&limit=100",
         &native_urls,
         args.http_connections,
         duration,
     )?;
-    anyhow::ensure!(native.errors == 0, "{} HTTP errors", native.errors);
+    anyhow::ensure!(
+        native_ureq.errors == 0,
+        "{} HTTP errors",
+        native_ureq.errors
+    );
     let consul_urls: Vec<String> = three_cases
         .iter()
         .map(|c| {
@@ -566,9 +593,12 @@ fn measure_all(args: &BenchArgs) -> anyhow::Result<Value> {
         .collect();
     let (consul_status, _) = http::fetch(&consul_urls[0])?;
     let consul = if consul_status == 200 {
-        match http::load(
+        let consul_paths: Vec<String> = consul_urls.iter().map(path_of).collect();
+        match http::load_raw(
             "GET /v1/health/service/S?passing&tag=T",
-            &consul_urls,
+            server.address(),
+            &consul_paths,
+            args.http_client_threads,
             args.http_connections,
             duration,
         ) {
@@ -686,6 +716,21 @@ fn measure_all(args: &BenchArgs) -> anyhow::Result<Value> {
             http_qps >= 60_000.0,
         ),
     ];
+    let mut targets = targets;
+    if let Some(run) = &parked {
+        targets.push(target(
+            "parked_blocking_queries",
+            ">= 100000",
+            run.parked as f64,
+            run.parked >= 100_000 && run.woken == run.parked,
+        ));
+        targets.push(target(
+            "parked_bytes_per_query",
+            "<= 1024",
+            run.bytes_per_query,
+            run.bytes_per_query <= 1024.0,
+        ));
+    }
     let report = json!({
         "instances": n,
         "three_criteria_p50_us": three_off.p50_us,
@@ -698,6 +743,8 @@ fn measure_all(args: &BenchArgs) -> anyhow::Result<Value> {
         "durable_registrations_per_s": durable.concurrent.registrations_per_s,
         "rebuild_s": rebuild.as_secs_f64(),
         "http_queries_per_s": http_qps,
+        "parked_blocking_queries": parked.as_ref().map(|run| run.parked),
+        "parked_bytes_per_query": parked.as_ref().map(|run| run.bytes_per_query),
         "seed": seed,
         "machine": {
             "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
@@ -753,8 +800,10 @@ fn measure_all(args: &BenchArgs) -> anyhow::Result<Value> {
         },
         "http": {
             "native_three_criteria": native,
+            "native_three_criteria_ureq_client": native_ureq,
             "consul_health": consul,
         },
+        "watches": parked,
         "targets": targets,
     });
     progress.say(format_args!("done"));
@@ -926,6 +975,7 @@ fn print_report(report: &Value) {
     out!("");
     let m = &report["memory"];
     let h = &report["http"]["native_three_criteria"];
+    let hu = &report["http"]["native_three_criteria_ureq_client"];
     let consul = &report["http"]["consul_health"];
     let consul_text = if let Some(error) = consul["error"].as_str() {
         format!("failed: {error}")
@@ -971,12 +1021,13 @@ fn print_report(report: &Value) {
         vec![
             "HTTP /api/v1/instances, 3 criteria, limit 100".to_string(),
             format!(
-                "{:.0} q/s, p50 {} p99 {}, {} connections; \
+                "{:.0} q/s, p50 {} p99 {}, {} connections on {} client thread(s); \
                  CPU per query: client {:.0} µs, server {:.0} µs",
                 f(&h["queries_per_s"]),
                 us(&h["latency"]["p50_us"]),
                 us(&h["latency"]["p99_us"]),
                 h["connections"],
+                h["client_threads"],
                 f(&h["client_cpu_us_per_query"]),
                 f(&h["server_cpu_us_per_query"])
             ),
@@ -984,6 +1035,39 @@ fn print_report(report: &Value) {
         vec![
             "HTTP /v1/health/service/S?passing&tag=T".to_string(),
             consul_text,
+        ],
+        vec![
+            "HTTP same as above, ureq client (a thread per connection)".to_string(),
+            format!(
+                "{:.0} q/s, p99 {}; CPU per query: client {:.0} µs, server {:.0} µs",
+                f(&hu["queries_per_s"]),
+                us(&hu["latency"]["p99_us"]),
+                f(&hu["client_cpu_us_per_query"]),
+                f(&hu["server_cpu_us_per_query"])
+            ),
+        ],
+        vec![
+            "blocking queries parked at once".to_string(),
+            if report["watches"].is_null() {
+                "not run".to_string()
+            } else {
+                let w = &report["watches"];
+                format!(
+                    "{} of {} asked, {:.0} bytes each (RSS delta / N: connection {:.0}, \
+                     parked query beyond it {:.0}), {} woken by one write in {:.2} s{}",
+                    w["parked"],
+                    w["requested"],
+                    f(&w["bytes_per_query"]),
+                    f(&w["connection_bytes"]),
+                    f(&w["query_bytes_beyond_connection"]),
+                    w["woken"],
+                    f(&w["wake_s"]),
+                    w["limited_by"]
+                        .as_str()
+                        .map(|why| format!("; limited by the {why}"))
+                        .unwrap_or_default()
+                )
+            },
         ],
     ];
     print_table(&["FIGURE", "VALUE"], &rows);

@@ -11,6 +11,7 @@
 //! It also holds each instance's `DeregisterCriticalServiceAfter`, which [`ConsulState::reap`]
 //! applies: an instance critical for that long is deregistered through the catalog.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use hashbrown::HashMap;
@@ -98,6 +99,10 @@ pub(crate) enum CheckError {
 pub struct ConsulState {
     node: NodeIdentity,
     table: Mutex<Table>,
+    /// Raised after every change to the table, while its lock is still held. Serialised
+    /// answers that show checks are kept with this number and served only while it is
+    /// unchanged: check notes and outputs can change without a catalog revision.
+    generation: AtomicU64,
 }
 
 impl ConsulState {
@@ -105,7 +110,19 @@ impl ConsulState {
         ConsulState {
             node,
             table: Mutex::new(Table::default()),
+            generation: AtomicU64::new(0),
         }
+    }
+
+    /// The table's generation. Read it before reading any check: answers built afterwards
+    /// show the table at least as new as this generation.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Marks a change to the table; called with the table's lock held, after the change.
+    fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The node svcmeta presents itself as.
@@ -165,12 +182,16 @@ impl ConsulState {
 
     /// Records the checks of a registration that the catalog accepted.
     pub(crate) fn commit(&self, instance_id: &str, checks: Vec<TtlCheck>) {
-        self.table().set(instance_id, checks);
+        let mut table = self.table();
+        table.set(instance_id, checks);
+        self.changed();
     }
 
     /// Forgets an instance's checks.
     pub(crate) fn forget(&self, instance_id: &str) {
-        self.table().remove(instance_id);
+        let mut table = self.table();
+        table.remove(instance_id);
+        self.changed();
     }
 
     /// The table's checks of an instance, or the one check synthesized from its lease.
@@ -251,7 +272,11 @@ impl ConsulState {
         check.output = truncate(output, MAX_OUTPUT_BYTES);
         let overall = aggregate(checks.iter().map(|c| &c.status));
         let id = instance.id().to_string();
-        self.table().set(&id, checks);
+        {
+            let mut table = self.table();
+            table.set(&id, checks);
+            self.changed();
+        }
         let mut mutations = Vec::new();
         if status != Health::Critical {
             mutations.push(Mutation::Renew(id.clone()));
@@ -290,8 +315,11 @@ impl ConsulState {
                     }
                 }
             }
-            for id in gone {
-                table.remove(&id);
+            if !gone.is_empty() {
+                for id in gone {
+                    table.remove(&id);
+                }
+                self.changed();
             }
         }
         for id in due {

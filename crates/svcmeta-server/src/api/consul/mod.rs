@@ -440,34 +440,50 @@ fn service_query(name: &str) -> Query {
 }
 
 /// Serialises a body (indented with `?pretty`).
-fn json<T: Serialize>(body: &T, pretty: bool) -> Response {
+fn to_json<T: Serialize>(body: &T, pretty: bool) -> Result<Vec<u8>, ApiError> {
     let bytes = if pretty {
         serde_json::to_vec_pretty(body)
     } else {
         serde_json::to_vec(body)
     };
-    match bytes {
-        Ok(bytes) => (
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            )],
-            bytes,
-        )
-            .into_response(),
-        Err(error) => {
-            ApiError::plain(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response()
-        }
+    bytes.map_err(|error| ApiError::plain(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()))
+}
+
+/// A JSON response over bytes already serialised.
+fn json_response(bytes: Bytes) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        bytes,
+    )
+        .into_response()
+}
+
+/// Serialises a body (indented with `?pretty`) into a response.
+fn json<T: Serialize>(body: &T, pretty: bool) -> Response {
+    match to_json(body, pretty) {
+        Ok(bytes) => json_response(Bytes::from(bytes)),
+        Err(error) => error.into_response(),
     }
 }
 
-/// A catalog or health read: the body plus `X-Consul-Index` (never 0),
-/// `X-Consul-KnownLeader` and `X-Consul-LastContact`.
-fn read_response<T: Serialize>(body: &T, pretty: bool, index: u64) -> Response {
-    let mut response = json(body, pretty);
+/// Adds `X-Consul-Index` (never 0), `X-Consul-KnownLeader` and `X-Consul-LastContact`.
+fn with_read_headers(mut response: Response, index: u64) -> Response {
     let headers = response.headers_mut();
     headers.insert("x-consul-index", HeaderValue::from(index.max(1)));
     headers.insert("x-consul-knownleader", HeaderValue::from_static("true"));
     headers.insert("x-consul-lastcontact", HeaderValue::from_static("0"));
     response
+}
+
+/// A catalog or health read: the body plus the read headers.
+fn read_response<T: Serialize>(body: &T, pretty: bool, index: u64) -> Response {
+    with_read_headers(json(body, pretty), index)
+}
+
+/// A read whose body is serialised already (shared with a cached page, not copied).
+fn read_response_bytes(bytes: Arc<[u8]>, index: u64) -> Response {
+    with_read_headers(json_response(Bytes::from_owner(bytes)), index)
 }

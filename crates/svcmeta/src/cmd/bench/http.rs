@@ -1,7 +1,14 @@
 //! The HTTP part of `svcmeta bench`: the real server (`svcmeta_server::run`) on a loopback
-//! port, and an in-repo load generator — std threads, each with its own keep-alive
-//! connection (ureq) — that reports throughput, latency, and its own CPU time (per-thread
-//! `/proc/thread-self` deltas), so the server's share of the 2 cores is visible too.
+//! port, and two in-repo load generators that report throughput, latency, and their own CPU
+//! time (per-thread `/proc/thread-self` deltas), so the server's share of the 2 cores is
+//! visible too:
+//! - [`load_raw`], the main one: a few client threads, each an event loop (a current-thread
+//!   tokio runtime) over many keep-alive connections that send prepared HTTP/1.1 requests and
+//!   read answers by `Content-Length`, one request in flight per connection (no pipelining),
+//!   as `wrk` does. Its client cost is a few µs per request.
+//! - [`load`]: std threads, each with its own keep-alive connection (ureq); a heavier client
+//!   (~50 µs of CPU per request) that needs a thread switch per request, kept for comparison
+//!   with earlier figures.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -57,6 +64,11 @@ impl Server {
             shutdown: Some(shutdown),
             thread: Some(thread),
         })
+    }
+
+    /// The listening address.
+    pub(crate) fn address(&self) -> SocketAddr {
+        self.address
     }
 
     /// The base URL.
@@ -139,7 +151,12 @@ pub(crate) fn fetch(url: &str) -> anyhow::Result<(u16, String)> {
 pub(crate) struct LoadRun {
     /// The endpoint, with placeholders for the varied parameters.
     pub(crate) endpoint: String,
-    /// Concurrent keep-alive connections (one client thread each).
+    /// Which load generator: `raw` (event loops over raw HTTP/1.1) or `ureq` (one blocking
+    /// thread per connection).
+    pub(crate) client: &'static str,
+    /// Client threads.
+    pub(crate) client_threads: usize,
+    /// Concurrent keep-alive connections.
     pub(crate) connections: usize,
     /// Distinct URLs cycled through.
     pub(crate) distinct_urls: usize,
@@ -266,6 +283,8 @@ pub(crate) fn load(
     };
     Ok(LoadRun {
         endpoint: endpoint.to_string(),
+        client: "ureq",
+        client_threads: connections,
         connections,
         distinct_urls: urls.len(),
         seconds,
@@ -283,4 +302,287 @@ pub(crate) fn load(
         client_cpu_us_per_query: per_query(client_cpu),
         server_cpu_us_per_query: per_query(server_cpu),
     })
+}
+
+/// One answer read by the raw client: the status and the body length.
+struct RawAnswer {
+    status: u16,
+    body_len: usize,
+}
+
+/// The end of the header block (`\r\n\r\n`), as the index just past it.
+pub(crate) fn header_end(buffer: &[u8]) -> Option<usize> {
+    buffer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 4)
+}
+
+/// The status code and `Content-Length` of a header block.
+pub(crate) fn parse_head(head: &[u8]) -> anyhow::Result<(u16, usize)> {
+    let text = std::str::from_utf8(head).context("answer head is not UTF-8")?;
+    let mut lines = text.split("\r\n");
+    let status_line = lines.next().unwrap_or("");
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse::<u16>().ok())
+        .with_context(|| format!("bad status line {status_line:?}"))?;
+    for line in lines {
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                let length = value
+                    .trim()
+                    .parse::<usize>()
+                    .with_context(|| format!("bad content-length {value:?}"))?;
+                return Ok((status, length));
+            }
+        }
+    }
+    anyhow::bail!("answer without content-length (status {status})")
+}
+
+/// One keep-alive connection of the raw client.
+struct RawConnection {
+    stream: tokio::net::TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl RawConnection {
+    async fn open(address: SocketAddr) -> anyhow::Result<RawConnection> {
+        let stream = tokio::net::TcpStream::connect(address)
+            .await
+            .with_context(|| format!("connecting to {address}"))?;
+        stream.set_nodelay(true).context("TCP_NODELAY")?;
+        Ok(RawConnection {
+            stream,
+            buffer: Vec::with_capacity(64 * 1024),
+        })
+    }
+
+    /// Sends one prepared request and reads its answer.
+    async fn exchange(&mut self, request: &[u8]) -> anyhow::Result<RawAnswer> {
+        self.write_all(request).await.context("sending a request")?;
+        self.buffer.clear();
+        let (status, head_len, body_len) = loop {
+            self.read_more().await?;
+            if let Some(end) = header_end(&self.buffer) {
+                let (status, length) = parse_head(&self.buffer[..end])?;
+                break (status, end, length);
+            }
+            anyhow::ensure!(self.buffer.len() < 64 * 1024, "answer head too large");
+        };
+        let total = head_len + body_len;
+        anyhow::ensure!(total as u64 <= MAX_BODY, "answer too large");
+        while self.buffer.len() < total {
+            self.read_more().await?;
+        }
+        anyhow::ensure!(
+            self.buffer.len() == total,
+            "the server sent more than one answer"
+        );
+        Ok(RawAnswer { status, body_len })
+    }
+
+    async fn write_all(&mut self, mut bytes: &[u8]) -> std::io::Result<()> {
+        while !bytes.is_empty() {
+            self.stream.writable().await?;
+            match self.stream.try_write(bytes) {
+                Ok(written) => bytes = &bytes[written..],
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends what the socket has (at least one byte) to the buffer.
+    async fn read_more(&mut self) -> anyhow::Result<()> {
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            self.stream.readable().await.context("reading")?;
+            match self.stream.try_read(&mut chunk) {
+                Ok(0) => anyhow::bail!("the server closed the connection"),
+                Ok(read) => {
+                    self.buffer.extend_from_slice(&chunk[..read]);
+                    return Ok(());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e).context("reading"),
+            }
+        }
+    }
+}
+
+/// What one connection of the raw client did in the measured time.
+#[derive(Default)]
+struct ConnectionResult {
+    latencies: Vec<Duration>,
+    errors: usize,
+    bytes: usize,
+}
+
+/// Drives `paths` (path and query, e.g. `/api/v1/instances?…`) against `address` from
+/// `threads` client threads with `connections` keep-alive connections in all, for `duration`
+/// after one warm-up pass over every path. Each thread is an event loop over its share of the
+/// connections; each connection has one request in flight at a time.
+pub(crate) fn load_raw(
+    endpoint: &str,
+    address: SocketAddr,
+    paths: &[String],
+    threads: usize,
+    connections: usize,
+    duration: Duration,
+) -> anyhow::Result<LoadRun> {
+    anyhow::ensure!(!paths.is_empty(), "no URL to load");
+    let threads = threads.max(1);
+    let connections = connections.max(threads);
+    let requests: Arc<[Vec<u8>]> = paths
+        .iter()
+        .map(|path| format!("GET {path} HTTP/1.1\r\nHost: {address}\r\n\r\n").into_bytes())
+        .collect();
+    // Every thread opens its connections and warms up, then all start measuring together.
+    let start = std::sync::Barrier::new(threads + 1);
+    let start = &start;
+    let (results, process_cpu, seconds) = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let requests = Arc::clone(&requests);
+                scope.spawn(move || -> anyhow::Result<(Vec<ConnectionResult>, f64)> {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .context("client runtime");
+                    let runtime = match runtime {
+                        Ok(runtime) => runtime,
+                        Err(error) => {
+                            start.wait();
+                            start.wait();
+                            return Err(error);
+                        }
+                    };
+                    // Connections of this thread: t, t + threads, …
+                    let mine: Vec<usize> = (t..connections).step_by(threads).collect();
+                    let opened = runtime.block_on(async {
+                        let mut opened = Vec::new();
+                        for &c in &mine {
+                            let mut connection = RawConnection::open(address).await?;
+                            // Warm-up: this connection's share of the paths, once.
+                            for request in requests.iter().skip(c).step_by(connections) {
+                                connection.exchange(request).await?;
+                            }
+                            opened.push((c, connection));
+                        }
+                        anyhow::Ok(opened)
+                    });
+                    start.wait();
+                    let cpu_before = thread_cpu_seconds();
+                    start.wait();
+                    let opened = opened?;
+                    let deadline = tokio::time::Instant::now() + duration;
+                    let results = runtime.block_on(async {
+                        let mut tasks = tokio::task::JoinSet::new();
+                        for (c, mut connection) in opened {
+                            let requests = Arc::clone(&requests);
+                            tasks.spawn(async move {
+                                let mut result = ConnectionResult {
+                                    latencies: Vec::with_capacity(1 << 16),
+                                    ..ConnectionResult::default()
+                                };
+                                let mut next = c;
+                                while tokio::time::Instant::now() < deadline {
+                                    let request = &requests[next % requests.len()];
+                                    next += connections;
+                                    let began = Instant::now();
+                                    let answer = connection.exchange(request).await?;
+                                    result.latencies.push(began.elapsed());
+                                    result.bytes += answer.body_len;
+                                    if answer.status != 200 {
+                                        result.errors += 1;
+                                    }
+                                }
+                                anyhow::Ok(result)
+                            });
+                        }
+                        let mut results = Vec::new();
+                        while let Some(joined) = tasks.join_next().await {
+                            results.push(joined.context("a client task failed")??);
+                        }
+                        anyhow::Ok(results)
+                    })?;
+                    Ok((results, thread_cpu_seconds() - cpu_before))
+                })
+            })
+            .collect();
+        start.wait();
+        let process_before = process_cpu_seconds();
+        let started = Instant::now();
+        start.wait();
+        let results: Vec<anyhow::Result<(Vec<ConnectionResult>, f64)>> = handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a client thread panicked")))
+            })
+            .collect();
+        let seconds = started.elapsed().as_secs_f64();
+        (results, process_cpu_seconds() - process_before, seconds)
+    });
+    let mut latencies = Vec::new();
+    let (mut errors, mut bytes, mut client_cpu) = (0usize, 0usize, 0.0f64);
+    for result in results {
+        let (connections, cpu) = result?;
+        client_cpu += cpu;
+        for connection in connections {
+            latencies.extend(connection.latencies);
+            errors += connection.errors;
+            bytes += connection.bytes;
+        }
+    }
+    let requests_done = latencies.len();
+    let server_cpu = (process_cpu - client_cpu).max(0.0);
+    let per_query = |cpu: f64| {
+        if requests_done > 0 {
+            cpu * 1e6 / requests_done as f64
+        } else {
+            0.0
+        }
+    };
+    Ok(LoadRun {
+        endpoint: endpoint.to_string(),
+        client: "raw",
+        client_threads: threads,
+        connections,
+        distinct_urls: paths.len(),
+        seconds,
+        requests: requests_done,
+        queries_per_s: rate(requests_done, seconds),
+        latency: Latency::of(&latencies),
+        errors,
+        mean_response_bytes: if requests_done > 0 {
+            bytes as f64 / requests_done as f64
+        } else {
+            0.0
+        },
+        client_cpu_s: client_cpu,
+        server_cpu_s: server_cpu,
+        client_cpu_us_per_query: per_query(client_cpu),
+        server_cpu_us_per_query: per_query(server_cpu),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_client_parses_heads() {
+        let head =
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nContent-Length: 12\r\n\r\n";
+        assert_eq!(header_end(head), Some(head.len()));
+        assert_eq!(parse_head(head).ok(), Some((200, 12)));
+        assert!(parse_head(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n").is_err());
+        assert!(parse_head(b"garbage\r\n\r\n").is_err());
+        assert_eq!(header_end(b"HTTP/1.1 200 OK\r\n"), None);
+    }
 }
