@@ -73,9 +73,38 @@ pub(crate) fn encode(instance: &Instance) -> Vec<u8> {
     bytes
 }
 
+/// Shares the strings of decoded records: a tag, version or meta value that many instances
+/// carry is allocated once per loader instead of once per instance (a restart of a large
+/// store otherwise allocates, and the kernel zeroes, gigabytes it throws away at once).
+#[derive(Debug, Default)]
+pub(crate) struct Interner {
+    strings: std::collections::HashSet<Text>,
+}
+
+impl Interner {
+    fn text(&mut self, value: &str) -> Text {
+        if let Some(known) = self.strings.get(value) {
+            return Text::clone(known);
+        }
+        let text = Text::from(value);
+        self.strings.insert(Text::clone(&text));
+        text
+    }
+}
+
 /// Decodes a stored record of either format, checking that it holds the id it is stored under.
+#[cfg(test)]
 pub(crate) fn decode(key: &str, bytes: &[u8]) -> Result<Instance, StoreError> {
-    let instance = decode_any(bytes).map_err(|error| match error {
+    decode_interned(key, bytes, &mut Interner::default())
+}
+
+/// [`decode`] sharing strings through `interner`.
+pub(crate) fn decode_interned(
+    key: &str,
+    bytes: &[u8],
+    interner: &mut Interner,
+) -> Result<Instance, StoreError> {
+    let instance = decode_record(bytes, interner).map_err(|error| match error {
         StoreError::Corrupt { reason, .. } => StoreError::Corrupt {
             key: key.to_string(),
             reason,
@@ -93,6 +122,10 @@ pub(crate) fn decode(key: &str, bytes: &[u8]) -> Result<Instance, StoreError> {
 
 /// Decodes a record of either format that is not stored under its id (a change entry).
 pub(crate) fn decode_any(bytes: &[u8]) -> Result<Instance, StoreError> {
+    decode_record(bytes, &mut Interner::default())
+}
+
+fn decode_record(bytes: &[u8], interner: &mut Interner) -> Result<Instance, StoreError> {
     let corrupt = |reason: String| StoreError::Corrupt {
         key: String::new(),
         reason,
@@ -104,17 +137,17 @@ pub(crate) fn decode_any(bytes: &[u8]) -> Result<Instance, StoreError> {
             Instance {
                 fields: InstanceFields {
                     id: record.id.to_string(),
-                    service: Text::from(record.service),
+                    service: interner.text(record.service),
                     address: record.address.to_string(),
                     port: record.port,
-                    tags: record.tags.into_iter().map(Text::from).collect(),
-                    version: record.version.map(Text::from),
-                    environment: record.environment.map(Text::from),
-                    region: record.region.map(Text::from),
+                    tags: record.tags.into_iter().map(|t| interner.text(t)).collect(),
+                    version: record.version.map(|v| interner.text(v)),
+                    environment: record.environment.map(|e| interner.text(e)),
+                    region: record.region.map(|r| interner.text(r)),
                     meta: record
                         .meta
                         .into_iter()
-                        .map(|(k, v)| (Text::from(k), Text::from(v)))
+                        .map(|(k, v)| (interner.text(k), interner.text(v)))
                         .collect::<Meta>(),
                     ttl_ms: record.ttl_ms,
                 },

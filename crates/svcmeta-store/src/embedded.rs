@@ -9,10 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use redb::{
-    Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTableMetadata,
-    TableDefinition,
-};
+use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition};
 use svcmeta_core::{Change, Instance};
 
 use crate::codec;
@@ -29,41 +26,6 @@ const FORMAT_KEY: &str = "format";
 pub(crate) const TRIM_STEP: u64 = 4096;
 /// The file format this build writes and reads.
 const FILE_FORMAT: u64 = 1;
-
-/// Decodes records on every available core (decoding dominates a restart's I/O-free part).
-fn decode_parallel(records: &[(String, Vec<u8>)]) -> Result<Vec<Instance>, StoreError> {
-    let workers = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .clamp(1, 8);
-    if workers == 1 || records.len() < 10_000 {
-        return records
-            .iter()
-            .map(|(key, bytes)| codec::decode(key, bytes))
-            .collect();
-    }
-    let chunk = records.len().div_ceil(workers);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = records
-            .chunks(chunk)
-            .map(|part| {
-                scope.spawn(move || {
-                    part.iter()
-                        .map(|(key, bytes)| codec::decode(key, bytes))
-                        .collect::<Result<Vec<Instance>, StoreError>>()
-                })
-            })
-            .collect();
-        let mut instances = Vec::with_capacity(records.len());
-        for handle in handles {
-            let part = handle
-                .join()
-                .map_err(|_| StoreError::Database("a decoding thread panicked".to_string()))??;
-            instances.extend(part);
-        }
-        Ok(instances)
-    })
-}
 
 /// The name of the database file inside the data directory.
 pub const DATABASE_FILE: &str = "svcmeta.redb";
@@ -82,6 +44,9 @@ impl std::fmt::Debug for EmbeddedStore {
     }
 }
 
+/// redb's page cache.
+const CACHE_BYTES: usize = 64 * 1024 * 1024;
+
 impl EmbeddedStore {
     /// Opens (creating if needed) the database in `data_dir`.
     pub fn open(data_dir: &Path) -> Result<EmbeddedStore, StoreError> {
@@ -90,12 +55,18 @@ impl EmbeddedStore {
             source,
         })?;
         let path = data_dir.join(DATABASE_FILE);
-        let database = Database::create(&path).map_err(|error| match error {
-            DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
-                path: data_dir.to_path_buf(),
-            },
-            other => StoreError::Database(format!("{}: {other}", path.display())),
-        })?;
+        // The registry keeps everything in memory, so redb's page cache only needs to serve a
+        // commit's pages; a small one is reused while a restart reads the whole file instead
+        // of growing to the file's size in fresh memory.
+        let database = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|error| match error {
+                DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
+                    path: data_dir.to_path_buf(),
+                },
+                other => StoreError::Database(format!("{}: {other}", path.display())),
+            })?;
         let store = EmbeddedStore { database, path };
         store.initialise()?;
         Ok(store)
@@ -136,6 +107,19 @@ impl EmbeddedStore {
 
     /// Reads every instance and the newest revision.
     pub fn load(&self) -> Result<Snapshot, StoreError> {
+        let mut instances = Vec::new();
+        let mut snapshot = self.load_with(&mut |chunk| instances.extend(chunk))?;
+        snapshot.instances = instances;
+        Ok(snapshot)
+    }
+
+    /// Reads the store, handing the instances to `on_instances` in chunks, in id order, as
+    /// they are decoded (so a caller can index one chunk while the next is read); the
+    /// returned snapshot has everything else and no instances.
+    pub fn load_with(
+        &self,
+        on_instances: &mut dyn FnMut(Vec<Instance>),
+    ) -> Result<Snapshot, StoreError> {
         let txn = self.database.begin_read().map_err(StoreError::database)?;
         let meta = txn.open_table(META).map_err(StoreError::database)?;
         let revision = meta
@@ -143,22 +127,6 @@ impl EmbeddedStore {
             .map_err(StoreError::database)?
             .map(|v| v.value())
             .unwrap_or(0);
-        let table = txn.open_table(INSTANCES).map_err(StoreError::database)?;
-        let mut instances: Vec<Instance> =
-            Vec::with_capacity(table.len().map_err(StoreError::database)? as usize);
-        // Raw records are copied out in bounded chunks and decoded in parallel.
-        const CHUNK: usize = 65_536;
-        let mut records: Vec<(String, Vec<u8>)> = Vec::with_capacity(CHUNK);
-        for entry in table.iter().map_err(StoreError::database)? {
-            let (key, value) = entry.map_err(StoreError::database)?;
-            records.push((key.value().to_string(), value.value().to_vec()));
-            if records.len() == CHUNK {
-                instances.extend(decode_parallel(&records)?);
-                records.clear();
-            }
-        }
-        instances.extend(decode_parallel(&records)?);
-        drop(records);
         let mut events = Vec::new();
         let table = txn.open_table(EVENTS).map_err(StoreError::database)?;
         for entry in table.iter().map_err(StoreError::database)? {
@@ -171,14 +139,27 @@ impl EmbeddedStore {
             let (key, value) = entry.map_err(StoreError::database)?;
             leases.push((key.value().to_string(), value.value()));
         }
+        // Records are decoded straight from the database's pages, sharing strings.
+        const CHUNK: usize = 16_384;
+        let table = txn.open_table(INSTANCES).map_err(StoreError::database)?;
+        let mut interner = codec::Interner::default();
+        let mut chunk: Vec<Instance> = Vec::with_capacity(CHUNK);
         // A record can never be newer than the revision stored with it, but be robust.
-        let newest = instances
-            .iter()
-            .map(|i| i.modify_revision)
-            .max()
-            .unwrap_or(0);
+        let mut newest = 0;
+        for entry in table.iter().map_err(StoreError::database)? {
+            let (key, value) = entry.map_err(StoreError::database)?;
+            let instance = codec::decode_interned(key.value(), value.value(), &mut interner)?;
+            newest = newest.max(instance.modify_revision);
+            chunk.push(instance);
+            if chunk.len() == CHUNK {
+                on_instances(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)));
+            }
+        }
+        if !chunk.is_empty() {
+            on_instances(chunk);
+        }
         Ok(Snapshot {
-            instances,
+            instances: Vec::new(),
             revision: revision.max(newest),
             events,
             leases,

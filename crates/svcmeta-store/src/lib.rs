@@ -97,6 +97,22 @@ impl Store {
         }
     }
 
+    /// Reads the store like [`Store::load`], handing the instances to `on_instances` in
+    /// chunks as they are decoded; the returned snapshot has no instances.
+    pub fn load_with(
+        &self,
+        on_instances: &mut dyn FnMut(Vec<Instance>),
+    ) -> Result<Snapshot, StoreError> {
+        match self {
+            Store::Embedded(store) => store.load_with(on_instances),
+            _ => {
+                let mut snapshot = self.load()?;
+                on_instances(std::mem::take(&mut snapshot.instances));
+                Ok(snapshot)
+            }
+        }
+    }
+
     /// Durably writes a batch, all or nothing.
     pub fn commit(&self, batch: &Batch<'_>) -> Result<(), StoreError> {
         match self {

@@ -646,12 +646,13 @@ impl SharedStore {
         let instances: Vec<Instance> = std::thread::scope(|scope| {
             let decoder = scope.spawn(move || -> Result<Vec<Instance>, StoreError> {
                 let mut decoded: Vec<Instance> = Vec::new();
+                let mut interner = codec::Interner::default();
                 // HSCAN may return an id twice; keep its newest record.
                 let mut slots: std::collections::HashMap<String, usize> =
                     std::collections::HashMap::new();
                 for page in decoder_input {
                     for (id, value) in page {
-                        let instance = decode_stored(&id, &value)?;
+                        let instance = decode_stored(&id, &value, &mut interner)?;
                         match slots.entry(id) {
                             std::collections::hash_map::Entry::Occupied(slot) => {
                                 let kept = &mut decoded[*slot.get()];
@@ -928,7 +929,11 @@ fn parse_entry(position: String, fields: &[Value]) -> Result<StreamEntry, Shared
 }
 
 /// Decodes a value of the instances hash: `"<modify>,<create>,"` and a binary record.
-fn decode_stored(id: &str, value: &[u8]) -> Result<Instance, StoreError> {
+fn decode_stored(
+    id: &str,
+    value: &[u8],
+    interner: &mut codec::Interner,
+) -> Result<Instance, StoreError> {
     let corrupt = |reason: &str| StoreError::Corrupt {
         key: id.to_string(),
         reason: reason.to_string(),
@@ -939,7 +944,7 @@ fn decode_stored(id: &str, value: &[u8]) -> Result<Instance, StoreError> {
     let modify = number(parts.next()).ok_or_else(|| corrupt("no modify revision"))?;
     let create = number(parts.next()).ok_or_else(|| corrupt("no create revision"))?;
     let record = parts.next().ok_or_else(|| corrupt("no record"))?;
-    let mut instance = codec::decode(id, record)?;
+    let mut instance = codec::decode_interned(id, record, interner)?;
     instance.modify_revision = modify;
     instance.create_revision = create;
     Ok(instance)
@@ -960,7 +965,8 @@ mod tests {
 
     #[test]
     fn a_stored_value_without_its_revisions_is_corrupt() {
-        assert!(decode_stored("a", b"12").is_err());
-        assert!(decode_stored("a", b"x,1,").is_err());
+        let mut interner = codec::Interner::default();
+        assert!(decode_stored("a", b"12", &mut interner).is_err());
+        assert!(decode_stored("a", b"x,1,", &mut interner).is_err());
     }
 }
