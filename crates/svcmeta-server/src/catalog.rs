@@ -1018,7 +1018,7 @@ impl Shared {
     fn apply_stored(
         &self,
         changes: Vec<Change>,
-        mut events: Vec<Event>,
+        events: Vec<Event>,
         lease_updates: &[(String, Option<u64>)],
         revision: u64,
     ) {
@@ -1036,8 +1036,16 @@ impl Shared {
             registry.apply(change);
         }
         registry.advance_revision(revision);
-        // Retained events share the registry's copy (interned strings) where it is the
-        // event's state, so history does not hold a second copy of each record.
+        let applied = registry.revision();
+        self.retain_events(&registry, events);
+        drop(registry);
+        self.revision_tx.send_replace(applied);
+    }
+
+    /// Adds events to the retained history, dropping the oldest beyond the retention. They
+    /// share the registry's copy (interned strings) where it is the event's state, so history
+    /// does not hold a second copy of each record.
+    fn retain_events(&self, registry: &Registry, mut events: Vec<Event>) {
         for event in &mut events {
             if let Some(stored) = registry.get(event.instance.id()) {
                 if stored.modify_revision == event.revision {
@@ -1045,14 +1053,6 @@ impl Shared {
                 }
             }
         }
-        let applied = registry.revision();
-        drop(registry);
-        self.retain_events(events);
-        self.revision_tx.send_replace(applied);
-    }
-
-    /// Adds events to the retained history, dropping the oldest beyond the retention.
-    fn retain_events(&self, events: Vec<Event>) {
         let mut retained = self.events.lock().unwrap_or_else(|p| p.into_inner());
         retained.extend(events);
         while retained.len() as u64 > self.settings.event_retention {

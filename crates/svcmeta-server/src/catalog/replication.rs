@@ -601,16 +601,9 @@ impl Shared {
                 registry.apply(change);
             }
             registry.advance_revision(last);
-            for event in &mut events {
-                if let Some(stored) = registry.get(event.instance.id()) {
-                    if stored.modify_revision == event.revision {
-                        event.instance = Arc::clone(stored);
-                    }
-                }
-            }
             let revision = registry.revision();
+            self.retain_events(&registry, events);
             drop(registry);
-            self.retain_events(events);
             state.applied = last;
             self.revision_tx.send_replace(revision);
         }
