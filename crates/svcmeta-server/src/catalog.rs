@@ -446,7 +446,15 @@ impl Catalog {
     pub fn events_since(&self, since: u64) -> Result<Vec<Event>, HistoryTrimmed> {
         let revision = self.revision();
         let events = self.shared.events.lock().unwrap_or_else(|p| p.into_inner());
-        if since >= revision {
+        if since > revision {
+            // The registry went back (a memory store restarted, a replaced Redis data set):
+            // what the watcher saw is not this history.
+            return Err(HistoryTrimmed {
+                since,
+                oldest: revision + 1,
+            });
+        }
+        if since == revision {
             return Ok(Vec::new());
         }
         let oldest = events.front().map_or(revision + 1, |e| e.revision);

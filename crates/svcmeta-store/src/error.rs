@@ -41,6 +41,10 @@ pub enum StoreError {
     /// The shared store (Redis) could not be reached; nothing was written.
     #[error("redis is unreachable: {0}")]
     Unavailable(String),
+    /// The shared store (Redis) stopped answering after a write was sent: it may or may not
+    /// have been made.
+    #[error("redis stopped answering during the write: {0}")]
+    OutcomeUnknown(String),
     /// Redis answered with an error or an unexpected reply (or its URL is wrong).
     #[error("redis: {0}")]
     Redis(String),

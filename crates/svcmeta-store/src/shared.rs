@@ -240,9 +240,12 @@ pub enum SharedWriteError {
     /// Another node holds the write fence; retry shortly.
     #[error("another node is finishing a large write; retry")]
     Fenced,
-    /// Redis could not be reached or did not answer in time.
+    /// Redis could not be reached; the write was not sent.
     #[error("redis is unreachable: {0}")]
     Unavailable(String),
+    /// The connection failed after the write was sent: it may or may not have been made.
+    #[error("redis stopped answering during the write ({0}); it may or may not have been made")]
+    Interrupted(String),
     /// Redis answered with an error.
     #[error("redis: {0}")]
     Failed(String),
@@ -393,6 +396,7 @@ impl From<SharedWriteError> for StoreError {
     fn from(error: SharedWriteError) -> StoreError {
         match error {
             SharedWriteError::Unavailable(reason) => StoreError::Unavailable(reason),
+            SharedWriteError::Interrupted(reason) => StoreError::OutcomeUnknown(reason),
             other => StoreError::Redis(other.to_string()),
         }
     }
@@ -442,6 +446,18 @@ impl SharedStore {
         &self,
         work: impl Fn(&mut Connection) -> redis::RedisResult<T>,
     ) -> Result<T, SharedWriteError> {
+        self.run_on_connection(true, work)
+    }
+
+    /// Runs `work` on the shared command connection. With `resend`, a command that failed on
+    /// a connection that sat idle (and may have died with a Redis restart) is sent once more
+    /// on a fresh connection: only for commands that may run twice. Without it, a failure after
+    /// the command was sent is [`SharedWriteError::Interrupted`]: it may have run.
+    fn run_on_connection<T>(
+        &self,
+        resend: bool,
+        work: impl Fn(&mut Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, SharedWriteError> {
         let mut slot = self.connection.lock().unwrap_or_else(|p| p.into_inner());
         let reused = slot.is_some();
         let connection = match slot.as_mut() {
@@ -450,11 +466,7 @@ impl SharedStore {
         };
         match work(connection) {
             Ok(value) => Ok(value),
-            // A connection that sat idle may have died with a Redis restart: the command
-            // never reached a live server, so it is sent once more on a fresh connection.
-            // (A write script that did run would fail its revision checks the second time
-            // and be resolved again, so this never applies a write twice.)
-            Err(error) if reused && error.is_io_error() && !error.is_timeout() => {
+            Err(error) if resend && reused && error.is_io_error() && !error.is_timeout() => {
                 *slot = None;
                 let connection = slot.insert(self.connect(Duration::ZERO)?);
                 work(connection).map_err(|error| {
@@ -464,6 +476,10 @@ impl SharedStore {
                     describe(error)
                 })
             }
+            Err(error) if !resend && unavailable(&error) => {
+                *slot = None;
+                Err(SharedWriteError::Interrupted(error.to_string()))
+            }
             Err(error) => {
                 if unavailable(&error) {
                     *slot = None;
@@ -471,6 +487,13 @@ impl SharedStore {
                 Err(describe(error))
             }
         }
+    }
+
+    /// Drops the command connection, so the next command connects afresh (the follower
+    /// calls it when Redis stops answering, so a write after a Redis restart does not go
+    /// to a connection that died meanwhile).
+    pub fn reset_connection(&self) {
+        *self.connection.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// Writes one group commit atomically (see the module documentation).
@@ -558,7 +581,9 @@ impl SharedStore {
         for (op, id, score) in lease_ops {
             invocation.arg(op).arg(id).arg(score);
         }
-        let reply: Vec<String> = self.with_connection(|c| invocation.invoke(c))?;
+        // Never sent twice: a write that ran but whose answer was lost must not be retried
+        // here (a compare-and-set would then conflict with itself).
+        let reply: Vec<String> = self.run_on_connection(false, |c| invocation.invoke(c))?;
         let number = |text: Option<&String>| -> Result<u64, SharedWriteError> {
             text.and_then(|t| t.parse().ok())
                 .ok_or_else(|| SharedWriteError::Failed(format!("unexpected reply {reply:?}")))

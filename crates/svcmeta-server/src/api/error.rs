@@ -119,6 +119,14 @@ impl From<WriteError> for ApiError {
                      served from this node's last known state"
                 ),
             ),
+            WriteError::Store(svcmeta_store::StoreError::OutcomeUnknown(reason)) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                format!(
+                    "redis stopped answering while the write was in flight ({reason}); it may \
+                     or may not have been made: read the instance before retrying"
+                ),
+            ),
             WriteError::Store(store) => {
                 tracing::error!(error = %store, "store failure");
                 ApiError::new(

@@ -403,6 +403,8 @@ impl Shared {
             }
             Err(error) => {
                 match &error {
+                    // (A write interrupted on a live connection says nothing about Redis
+                    // as a whole: the follower decides whether it is reachable.)
                     SharedWriteError::Unavailable(reason) => {
                         self.replication.set_problem(Some(reason.clone()));
                     }
@@ -546,6 +548,7 @@ impl Shared {
                     // idle) is retried at once on a fresh connection; Redis counts as
                     // unreachable only when that fails too.
                     if failures > 1 {
+                        store.reset_connection();
                         self.replication.set_problem(Some(error.to_string()));
                         std::thread::sleep(backoff);
                         backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -560,8 +563,8 @@ impl Shared {
         let mut state = self.replication.lock();
         if entry.previous != state.tail {
             return Err(format!(
-                "entry {} does not follow the entry this node applied last: the store's history \
-                 changed (restored from older data?)",
+                "entry {} does not follow the entry this node applied last (the stream was \
+                 trimmed below this node, or the store's history changed)",
                 entry.position
             ));
         }

@@ -577,6 +577,8 @@ fn nodes_notice_a_deleted_data_set_and_follow_the_new_one() {
         "acknowledged writes after the flush"
     );
     assert!(a.replication().expect("redis").resyncs >= 2);
+    // A watcher that resumes from the old history is told to re-list, not given nothing.
+    assert!(a.events_since(5).is_err(), "history of a deleted data set");
 }
 
 #[test]
@@ -671,4 +673,97 @@ fn a_large_request_is_not_starved_by_small_writes_to_the_same_ids_elsewhere() {
     assert!(small > 0, "the small writers made no write at all");
     converge(&[&a, &b], a.revision().max(b.revision()));
     assert_eq!(contents(&a), contents(&b));
+}
+
+#[test]
+fn a_compare_and_set_write_whose_answer_was_lost_is_never_reported_as_a_conflict() {
+    // Killing every client connection needs a Redis of the test's own.
+    let Some(redis) = TestRedis::private("cas_answer_lost") else {
+        return;
+    };
+    let prefix = TestRedis::unique_prefix("cas-lost");
+    let nodes: Vec<Arc<Catalog>> = (0..2).map(|_| Arc::new(node(&redis, &prefix))).collect();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let killer = {
+        let stop = Arc::clone(&stop);
+        let url = redis.url.clone();
+        std::thread::spawn(move || {
+            let client = redis::Client::open(url.as_str()).expect("url");
+            let mut kills = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(mut c) = client.get_connection() {
+                    let _: redis::RedisResult<i64> = redis::cmd("CLIENT")
+                        .arg("KILL")
+                        .arg("TYPE")
+                        .arg("normal")
+                        .query(&mut c);
+                    kills += 1;
+                }
+                std::thread::sleep(Duration::from_millis(40));
+            }
+            kills
+        })
+    };
+    // One writer per id, so a compare-and-set can only conflict with a write of its own.
+    let writers: Vec<_> = (0..3)
+        .map(|w| {
+            let node = Arc::clone(&nodes[w % 2]);
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .expect("runtime");
+                let id = format!("cas{w}");
+                let mut conflicts = Vec::new();
+                let mut made = 0;
+                let until = Instant::now() + Duration::from_secs(2);
+                for step in 0.. {
+                    if Instant::now() > until {
+                        break;
+                    }
+                    let seen = node.get(&id).map_or(0, |i| i.modify_revision);
+                    let port = 1000 + step;
+                    let result = runtime.block_on(node.write_checked(
+                        vec![register(&id, "pay", port, &[], "prod")],
+                        vec![(id.clone(), seen)],
+                    ));
+                    match result {
+                        Ok(_) => made += 1,
+                        Err(WriteError::Rejected(MutationError::Conflict { .. })) => {
+                            conflicts.push(port)
+                        }
+                        // Unreachable, or stopped answering mid-write: the outcome is open.
+                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+                (id, conflicts, made)
+            })
+        })
+        .collect();
+    let results: Vec<(String, Vec<i64>, u32)> = writers
+        .into_iter()
+        .map(|w| w.join().expect("writer"))
+        .collect();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let kills = killer.join().expect("killer");
+    assert!(
+        kills > 10,
+        "the connections were hardly disturbed ({kills} kills)"
+    );
+    let made: u32 = results.iter().map(|(_, _, made)| made).sum();
+    assert!(made > 0, "no write got through at all");
+    let truth = node(&redis, &prefix);
+    for (id, conflicts, _) in results {
+        let Some(instance) = truth.get(&id) else {
+            assert!(
+                conflicts.is_empty(),
+                "{id}: conflicts {conflicts:?} yet never written"
+            );
+            continue;
+        };
+        let port = i64::from(instance.fields.port);
+        assert!(
+            !conflicts.contains(&port),
+            "{id}: the write of port {port} was answered 409 conflict, yet it is what the store holds"
+        );
+    }
 }
