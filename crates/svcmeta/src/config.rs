@@ -65,6 +65,8 @@ struct RawConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRedis {
+    /// Same as the top-level `redis_url` (so `SVCMETA_REDIS_URL` fits the section rule too).
+    url: Option<String>,
     key_prefix: Option<String>,
     stream_retention: Option<u64>,
 }
@@ -347,6 +349,7 @@ impl Config {
                     .redis_url
                     .clone()
                     .or(raw.redis_url)
+                    .or(raw.redis.url)
                     .unwrap_or_else(|| "redis://127.0.0.1:6379/0".to_string()),
                 key_prefix: match overrides.key_prefix.clone().or(raw.redis.key_prefix) {
                     Some(prefix)
@@ -433,6 +436,35 @@ mod tests {
         assert_eq!(config.data_dir, PathBuf::from("svcmeta-data"));
         assert_eq!(config.catalog.limits.max_tags, 64);
         assert_eq!(config.server.max_page, 1000);
+    }
+
+    #[test]
+    fn the_redis_store_reads_its_url_prefix_and_retention() {
+        let config = parse("store = \"redis\"").unwrap();
+        assert_eq!(config.store, StoreKind::Redis);
+        assert_eq!(config.redis.url, "redis://127.0.0.1:6379/0");
+        assert_eq!(config.redis.key_prefix, "svcmeta");
+        assert_eq!(config.redis.stream_retention, 100_000);
+        // `[redis] url` is what SVCMETA_REDIS_URL becomes under the section rule.
+        let config = parse(
+            "store = \"redis\"\n[redis]\nurl = \"redis://10.0.0.9:7000/2\"\nkey_prefix = \"prod\"\nstream_retention = 500",
+        )
+        .unwrap();
+        assert_eq!(config.redis.url, "redis://10.0.0.9:7000/2");
+        assert_eq!(config.redis.key_prefix, "prod");
+        assert_eq!(config.redis.stream_retention, 500);
+        let top_level =
+            parse("redis_url = \"redis://a:1/0\"\n[redis]\nurl = \"redis://b:2/0\"").unwrap();
+        assert_eq!(top_level.redis.url, "redis://a:1/0");
+        for bad in [
+            "[redis]\nkey_prefix = \"\"",
+            "[redis]\nkey_prefix = \"a{b}\"",
+            "[redis]\nkey_prefix = \"a b\"",
+            "[redis]\nstream_retention = 5",
+        ] {
+            let error = parse(bad).unwrap_err().to_string();
+            assert!(error.contains("[redis]"), "{bad}: {error}");
+        }
     }
 
     #[test]
