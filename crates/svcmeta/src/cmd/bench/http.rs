@@ -182,6 +182,56 @@ pub(crate) struct LoadRun {
     pub(crate) server_cpu_us_per_query: f64,
 }
 
+/// What a load run was: everything of a [`LoadRun`] that is not counted.
+struct Identity<'a> {
+    endpoint: &'a str,
+    client: &'static str,
+    client_threads: usize,
+    connections: usize,
+    distinct_urls: usize,
+    seconds: f64,
+}
+
+impl LoadRun {
+    /// The figures of a run from its totals: every answered request's latency, the non-200
+    /// answers, the body bytes, the client threads' CPU and the whole process's CPU seconds.
+    fn from_totals(
+        run: Identity<'_>,
+        latencies: Vec<Duration>,
+        errors: usize,
+        bytes: usize,
+        client_cpu: f64,
+        process_cpu: f64,
+    ) -> LoadRun {
+        let requests = latencies.len();
+        let server_cpu = (process_cpu - client_cpu).max(0.0);
+        let per_request = |amount: f64| {
+            if requests > 0 {
+                amount / requests as f64
+            } else {
+                0.0
+            }
+        };
+        LoadRun {
+            endpoint: run.endpoint.to_string(),
+            client: run.client,
+            client_threads: run.client_threads,
+            connections: run.connections,
+            distinct_urls: run.distinct_urls,
+            seconds: run.seconds,
+            requests,
+            queries_per_s: rate(requests, run.seconds),
+            latency: Latency::of(&latencies),
+            errors,
+            mean_response_bytes: per_request(bytes as f64),
+            client_cpu_s: client_cpu,
+            server_cpu_s: server_cpu,
+            client_cpu_us_per_query: per_request(client_cpu * 1e6),
+            server_cpu_us_per_query: per_request(server_cpu * 1e6),
+        }
+    }
+}
+
 struct ThreadResult {
     latencies: Vec<Duration>,
     errors: usize,
@@ -272,36 +322,21 @@ pub(crate) fn load(
         bytes += result.bytes;
         client_cpu += result.cpu_s;
     }
-    let requests = latencies.len();
-    let server_cpu = (process_cpu - client_cpu).max(0.0);
-    let per_query = |cpu: f64| {
-        if requests > 0 {
-            cpu * 1e6 / requests as f64
-        } else {
-            0.0
-        }
-    };
-    Ok(LoadRun {
-        endpoint: endpoint.to_string(),
-        client: "ureq",
-        client_threads: connections,
-        connections,
-        distinct_urls: urls.len(),
-        seconds,
-        requests,
-        queries_per_s: rate(requests, seconds),
-        latency: Latency::of(&latencies),
-        errors,
-        mean_response_bytes: if requests > 0 {
-            bytes as f64 / requests as f64
-        } else {
-            0.0
+    Ok(LoadRun::from_totals(
+        Identity {
+            endpoint,
+            client: "ureq",
+            client_threads: connections,
+            connections,
+            distinct_urls: urls.len(),
+            seconds,
         },
-        client_cpu_s: client_cpu,
-        server_cpu_s: server_cpu,
-        client_cpu_us_per_query: per_query(client_cpu),
-        server_cpu_us_per_query: per_query(server_cpu),
-    })
+        latencies,
+        errors,
+        bytes,
+        client_cpu,
+        process_cpu,
+    ))
 }
 
 /// One answer read by the raw client: the status and the body length.
@@ -539,36 +574,21 @@ pub(crate) fn load_raw(
             bytes += connection.bytes;
         }
     }
-    let requests_done = latencies.len();
-    let server_cpu = (process_cpu - client_cpu).max(0.0);
-    let per_query = |cpu: f64| {
-        if requests_done > 0 {
-            cpu * 1e6 / requests_done as f64
-        } else {
-            0.0
-        }
-    };
-    Ok(LoadRun {
-        endpoint: endpoint.to_string(),
-        client: "raw",
-        client_threads: threads,
-        connections,
-        distinct_urls: paths.len(),
-        seconds,
-        requests: requests_done,
-        queries_per_s: rate(requests_done, seconds),
-        latency: Latency::of(&latencies),
-        errors,
-        mean_response_bytes: if requests_done > 0 {
-            bytes as f64 / requests_done as f64
-        } else {
-            0.0
+    Ok(LoadRun::from_totals(
+        Identity {
+            endpoint,
+            client: "raw",
+            client_threads: threads,
+            connections,
+            distinct_urls: paths.len(),
+            seconds,
         },
-        client_cpu_s: client_cpu,
-        server_cpu_s: server_cpu,
-        client_cpu_us_per_query: per_query(client_cpu),
-        server_cpu_us_per_query: per_query(server_cpu),
-    })
+        latencies,
+        errors,
+        bytes,
+        client_cpu,
+        process_cpu,
+    ))
 }
 
 #[cfg(test)]
