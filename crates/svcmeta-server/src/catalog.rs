@@ -1148,14 +1148,7 @@ fn load_streaming(
         let mut snapshot = loader
             .join()
             .map_err(|_| StoreError::Database("the loading thread panicked".to_string()))??;
-        let stored: HashMap<String, u64> =
-            std::mem::take(&mut snapshot.leases).into_iter().collect();
-        let mut leases = Leases::default();
-        for (id, ttl) in with_ttl {
-            // A lease without a stored deadline (an older file) gets a fresh one.
-            let deadline = stored.get(&id).copied().unwrap_or(now.saturating_add(ttl));
-            leases.set(&id, Some(deadline));
-        }
+        let leases = restore_leases(with_ttl, std::mem::take(&mut snapshot.leases), now);
         registry.advance_revision(snapshot.revision);
         Ok((snapshot, registry, leases))
     })
@@ -1175,21 +1168,27 @@ fn build_registry(
         instances.sort_unstable_by(|a, b| a.id().cmp(b.id()));
     }
     let mut registry = Registry::new();
-    let mut leases = Leases::default();
-    let stored_leases: HashMap<String, u64> = stored_leases.into_iter().collect();
+    let mut with_ttl: Vec<(String, u64)> = Vec::new();
     for instance in instances {
         if let Some(ttl) = instance.fields.ttl_ms {
-            // A lease without a stored deadline (an older file) gets a fresh one.
-            let deadline = stored_leases
-                .get(instance.id())
-                .copied()
-                .unwrap_or(now.saturating_add(ttl));
-            leases.set(instance.id(), Some(deadline));
+            with_ttl.push((instance.id().to_string(), ttl));
         }
         registry.load(instance);
     }
     registry.advance_revision(revision);
-    (registry, leases)
+    (registry, restore_leases(with_ttl, stored_leases, now))
+}
+
+/// The lease table of loaded instances with a ttl (id, ttl ms): each gets its stored
+/// deadline, or a fresh one when none was stored (an older file).
+fn restore_leases(with_ttl: Vec<(String, u64)>, stored: Vec<(String, u64)>, now: u64) -> Leases {
+    let stored: HashMap<String, u64> = stored.into_iter().collect();
+    let mut leases = Leases::default();
+    for (id, ttl) in with_ttl {
+        let deadline = stored.get(&id).copied().unwrap_or(now.saturating_add(ttl));
+        leases.set(&id, Some(deadline));
+    }
+    leases
 }
 
 mod replication;

@@ -20,8 +20,8 @@ use svcmeta_core::{Change, Event, Instance};
 pub use embedded::{EmbeddedStore, DATABASE_FILE};
 pub use error::StoreError;
 pub use shared::{
-    real_revision, Committed, DueTimer, LeaseClaim, LeaseTimer, SharedSnapshot, SharedStore,
-    SharedWrite, SharedWriteError, StorePosition, StreamEntry, StreamFollower,
+    fresh_token, real_revision, Committed, DueTimer, LeaseClaim, LeaseTimer, SharedSnapshot,
+    SharedStore, SharedWrite, SharedWriteError, StorePosition, StreamEntry, StreamFollower,
 };
 
 /// Everything a store holds.

@@ -167,6 +167,21 @@ impl Keys {
             fence: key("fence"),
         }
     }
+
+    /// Every key of the data set, in the order the write script numbers them (`KEYS[1]` is
+    /// the revision … `KEYS[8]` the fence).
+    fn all(&self) -> [&str; 8] {
+        [
+            &self.revision,
+            &self.instances,
+            &self.changes,
+            &self.leases,
+            &self.removals,
+            &self.epoch,
+            &self.tail,
+            &self.fence,
+        ]
+    }
 }
 
 /// Which lease timer an expiry claims.
@@ -336,7 +351,7 @@ enum EntryChange {
 }
 
 /// A token unlikely to repeat: process id, a counter and the time in nanoseconds.
-fn fresh_token() -> String {
+pub fn fresh_token() -> String {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     format!(
         "{:x}-{:x}-{:x}",
@@ -499,15 +514,9 @@ impl SharedStore {
     /// Writes one group commit atomically (see the module documentation).
     pub fn commit(&self, write: &SharedWrite<'_>) -> Result<Committed, SharedWriteError> {
         let mut invocation = self.write_script.prepare_invoke();
-        invocation
-            .key(&self.keys.revision)
-            .key(&self.keys.instances)
-            .key(&self.keys.changes)
-            .key(&self.keys.leases)
-            .key(&self.keys.removals)
-            .key(&self.keys.epoch)
-            .key(&self.keys.tail)
-            .key(&self.keys.fence);
+        for key in self.keys.all() {
+            invocation.key(key);
+        }
         let mut lease_ops: Vec<(&str, &str, u64)> = write
             .leases
             .iter()
@@ -785,19 +794,8 @@ impl SharedStore {
 
     /// Deletes every key of this data set (benchmarks and tests clean up with it).
     pub fn remove_data_set(&self) -> Result<(), SharedWriteError> {
-        self.with_connection(|c| {
-            redis::cmd("DEL")
-                .arg(&self.keys.revision)
-                .arg(&self.keys.instances)
-                .arg(&self.keys.changes)
-                .arg(&self.keys.leases)
-                .arg(&self.keys.removals)
-                .arg(&self.keys.epoch)
-                .arg(&self.keys.tail)
-                .arg(&self.keys.fence)
-                .query::<u64>(c)
-        })
-        .map(|_| ())
+        self.with_connection(|c| redis::cmd("DEL").arg(&self.keys.all()[..]).query::<u64>(c))
+            .map(|_| ())
     }
 
     /// A reader of the change stream, with a connection of its own.

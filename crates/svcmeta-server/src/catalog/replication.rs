@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use svcmeta_core::{Event, Health, Instance, Mutation};
 use svcmeta_store::{
-    real_revision, LeaseClaim, LeaseTimer, SharedStore, SharedWrite, SharedWriteError, Snapshot,
-    StoreError, StreamEntry,
+    fresh_token, real_revision, LeaseClaim, LeaseTimer, SharedStore, SharedWrite, SharedWriteError,
+    Snapshot, StoreError, StreamEntry,
 };
 use tokio::sync::oneshot;
 
@@ -232,13 +232,7 @@ impl Shared {
     /// Takes the write fence for a request that kept losing races, and catches up with the
     /// store, so its next attempt cannot lose. `None` when the fence could not be taken.
     fn fence_for_retry(&self, store: &SharedStore) -> Option<String> {
-        let token = format!(
-            "{:x}-{:x}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos())
-        );
+        let token = fresh_token();
         let deadline = Instant::now() + FENCE_HOLD;
         loop {
             match store.take_fence(&token, FENCE_HOLD) {
