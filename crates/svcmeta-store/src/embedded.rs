@@ -1,19 +1,36 @@
-//! The embedded store: one redb file in the data directory, written by one process.
+//! The embedded store: one redb file and a write-ahead log in the data directory, written by
+//! one process.
 //!
-//! Tables: `instances` (id → record, see `codec.rs`), `events` (revision → change event, the
-//! retained history for resumable watches), `leases` (id → lease deadline in Unix ms) and `meta`
-//! (`revision` → the newest revision written, `format` → the file format version). Every commit
-//! writes its changes, events, leases and the new revision in one durable transaction, so a
-//! crash leaves either all of a batch or none of it. redb takes an exclusive file lock, so a second process gets
-//! [`StoreError::Locked`] instead of sharing the file.
+//! A commit appends the batch to the write-ahead log (`wal.rs`) as one frame and returns once
+//! the frame is durable: one small `fdatasync` per group commit. A checkpoint thread then
+//! writes the committed batches into the redb file, many at a time, in one durable
+//! transaction that also records the last frame it holds (`meta.log_applied`); the log reuses
+//! the segments the redb file has caught up with. Opening the store replays the frames after
+//! that one into the redb file before anything is read, so a crash between a commit and its
+//! checkpoint loses nothing, and a batch is in the store entirely or not at all.
+//!
+//! redb tables: `instances` (id → record, see `codec.rs`), `events` (revision → change event,
+//! the retained history for resumable watches), `leases` (id → lease deadline in Unix ms) and
+//! `meta` (`revision` → the newest revision written, `log_applied`, `format` → the file format
+//! version). redb takes an exclusive file lock, so a second process gets
+//! [`StoreError::Locked`] instead of sharing the directory (the log is only touched by the
+//! process that holds the lock).
 
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition};
-use svcmeta_core::{Change, Instance};
+use redb::{
+    Database, DatabaseError, ReadableDatabase, ReadableTable, Table, TableDefinition,
+    WriteTransaction,
+};
+use svcmeta_core::{Change, Event, Instance};
 
 use crate::codec;
 use crate::error::StoreError;
+use crate::wal::WriteAheadLog;
 use crate::{Batch, Snapshot};
 
 const INSTANCES: TableDefinition<&str, &[u8]> = TableDefinition::new("instances");
@@ -22,18 +39,47 @@ const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const LEASES: TableDefinition<&str, u64> = TableDefinition::new("leases");
 const REVISION_KEY: &str = "revision";
 const FORMAT_KEY: &str = "format";
+/// The sequence number of the last write-ahead log frame the redb file holds.
+const LOG_APPLIED_KEY: &str = "log_applied";
 /// Events are trimmed to the retention once per this many revisions.
 pub(crate) const TRIM_STEP: u64 = 4096;
-/// The file format this build writes and reads.
-const FILE_FORMAT: u64 = 1;
+/// The file format this build writes and reads. Format 2 has a write-ahead log beside the
+/// redb file; a build that knows only format 1 would ignore the log, so it is refused.
+const FILE_FORMAT: u64 = 2;
+/// The longest a committed batch waits before the checkpoint thread writes it into redb.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(1000);
+/// Changes that start a checkpoint before the interval is over.
+const CHECKPOINT_CHANGES: usize = 200_000;
 
 /// The name of the database file inside the data directory.
 pub const DATABASE_FILE: &str = "svcmeta.redb";
 
-/// A redb database in a data directory.
+/// A committed batch on its way into the redb file.
+struct LoggedWrite {
+    seq: u64,
+    bytes: u64,
+    changes: Vec<Change>,
+    events: Vec<Event>,
+    leases: Vec<(String, Option<u64>)>,
+    revision: u64,
+    event_retention: u64,
+}
+
+/// What the checkpoint thread is asked to do.
+enum CheckpointRequest {
+    /// Write this batch into redb soon.
+    Write(Box<LoggedWrite>),
+    /// Write everything committed so far into redb now, then answer.
+    Flush(mpsc::SyncSender<Result<(), StoreError>>),
+}
+
+/// A redb database and its write-ahead log in a data directory.
 pub struct EmbeddedStore {
-    database: Database,
+    database: Arc<Database>,
+    log: Arc<WriteAheadLog>,
     path: PathBuf,
+    checkpoints: Option<mpsc::Sender<CheckpointRequest>>,
+    checkpointer: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -47,9 +93,228 @@ impl std::fmt::Debug for EmbeddedStore {
 /// redb's page cache.
 const CACHE_BYTES: usize = 64 * 1024 * 1024;
 
+/// The tables one write transaction changes.
+struct Tables<'t> {
+    instances: Table<'t, &'static str, &'static [u8]>,
+    events: Table<'t, u64, &'static [u8]>,
+    leases: Table<'t, &'static str, u64>,
+    meta: Table<'t, &'static str, u64>,
+}
+
+impl<'t> Tables<'t> {
+    fn open(txn: &'t WriteTransaction) -> Result<Tables<'t>, StoreError> {
+        Ok(Tables {
+            instances: txn.open_table(INSTANCES).map_err(StoreError::database)?,
+            events: txn.open_table(EVENTS).map_err(StoreError::database)?,
+            leases: txn.open_table(LEASES).map_err(StoreError::database)?,
+            meta: txn.open_table(META).map_err(StoreError::database)?,
+        })
+    }
+
+    fn write_change(&mut self, change: &Change) -> Result<(), StoreError> {
+        match change {
+            Change::Put(instance) => {
+                let record = codec::encode(instance);
+                self.instances
+                    .insert(instance.id(), record.as_slice())
+                    .map_err(StoreError::database)?;
+            }
+            Change::Remove { id, .. } => {
+                self.instances
+                    .remove(id.as_str())
+                    .map_err(StoreError::database)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn write_events(&mut self, events: &[Event]) -> Result<(), StoreError> {
+        for event in events {
+            let record = codec::encode_event(event);
+            self.events
+                .insert(event.revision, record.as_slice())
+                .map_err(StoreError::database)?;
+        }
+        Ok(())
+    }
+
+    fn write_leases(&mut self, leases: &[(String, Option<u64>)]) -> Result<(), StoreError> {
+        for (id, deadline) in leases {
+            match deadline {
+                Some(deadline) => {
+                    self.leases
+                        .insert(id.as_str(), *deadline)
+                        .map_err(StoreError::database)?;
+                }
+                None => {
+                    self.leases
+                        .remove(id.as_str())
+                        .map_err(StoreError::database)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops events older than the retention once the written events `(oldest, newest]`
+    /// cross a step of [`TRIM_STEP`] revisions: one range deletion per step instead of a
+    /// B-tree edit per write. The file keeps at most `TRIM_STEP` events beyond the retention;
+    /// `load` callers trim exactly.
+    fn trim_events(&mut self, oldest: u64, newest: u64, retention: u64) -> Result<(), StoreError> {
+        let crossed_step = oldest.saturating_sub(1) / TRIM_STEP != newest / TRIM_STEP;
+        let floor = newest.saturating_sub(retention);
+        if crossed_step && floor > 0 {
+            self.events
+                .retain_in(..floor, |_, _| false)
+                .map_err(StoreError::database)?;
+        }
+        Ok(())
+    }
+
+    /// Raises the stored revision and records the last log frame the file holds.
+    fn finish(&mut self, revision: u64, log_applied: u64) -> Result<(), StoreError> {
+        let stored = self
+            .meta
+            .get(REVISION_KEY)
+            .map_err(StoreError::database)?
+            .map_or(0, |v| v.value());
+        self.meta
+            .insert(REVISION_KEY, stored.max(revision))
+            .map_err(StoreError::database)?;
+        self.meta
+            .insert(LOG_APPLIED_KEY, log_applied)
+            .map_err(StoreError::database)?;
+        Ok(())
+    }
+}
+
+/// Writes committed batches into redb in one durable transaction.
+fn checkpoint(database: &Database, writes: &[LoggedWrite]) -> Result<(), StoreError> {
+    let Some(last) = writes.last() else {
+        return Ok(());
+    };
+    let txn = database.begin_write().map_err(StoreError::database)?;
+    {
+        let mut tables = Tables::open(&txn)?;
+        for write in writes {
+            for change in &write.changes {
+                tables.write_change(change)?;
+            }
+            tables.write_events(&write.events)?;
+            tables.write_leases(&write.leases)?;
+        }
+        let oldest = writes
+            .iter()
+            .find_map(|w| w.events.first())
+            .map(|e| e.revision);
+        let newest = writes
+            .iter()
+            .rev()
+            .find_map(|w| w.events.last())
+            .map(|e| e.revision);
+        if let (Some(oldest), Some(newest)) = (oldest, newest) {
+            tables.trim_events(oldest, newest, last.event_retention)?;
+        }
+        let revision = writes.iter().map(|w| w.revision).max().unwrap_or(0);
+        tables.finish(revision, last.seq)?;
+    }
+    txn.commit().map_err(StoreError::database)
+}
+
+/// The checkpoint thread: gathers committed batches and writes them into redb every
+/// [`CHECKPOINT_INTERVAL`] (sooner when many arrive or a flush is asked), then lets the log
+/// reuse what the file now holds. It writes what is left when the store is dropped. Without
+/// `write_checkpoints` it never writes (see [`EmbeddedStore::open_without_checkpoints`]).
+fn run_checkpointer(
+    database: Arc<Database>,
+    log: Arc<WriteAheadLog>,
+    requests: mpsc::Receiver<CheckpointRequest>,
+    write_checkpoints: bool,
+) {
+    let mut pending: Vec<LoggedWrite> = Vec::new();
+    let mut pending_changes = 0usize;
+    let mut oldest: Option<Instant> = None;
+    let mut flushes: Vec<mpsc::SyncSender<Result<(), StoreError>>> = Vec::new();
+    let mut open = true;
+    while open {
+        let wait = oldest.map_or(Duration::from_secs(1), |at| {
+            CHECKPOINT_INTERVAL.saturating_sub(at.elapsed())
+        });
+        let mut take = |request: CheckpointRequest| match request {
+            CheckpointRequest::Write(write) => {
+                pending_changes += write.changes.len() + write.leases.len();
+                oldest.get_or_insert_with(Instant::now);
+                pending.push(*write);
+            }
+            CheckpointRequest::Flush(reply) => flushes.push(reply),
+        };
+        match requests.recv_timeout(wait) {
+            Ok(request) => take(request),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => open = false,
+        }
+        while let Ok(request) = requests.try_recv() {
+            take(request);
+        }
+        let due = !open
+            || !flushes.is_empty()
+            || pending_changes >= CHECKPOINT_CHANGES
+            || oldest.is_some_and(|at| at.elapsed() >= CHECKPOINT_INTERVAL);
+        let mut outcome: Result<(), StoreError> = match log.failure() {
+            Some(failure) => Err(StoreError::Log(failure)),
+            None => Ok(()),
+        };
+        if !write_checkpoints {
+            pending.clear();
+            oldest = None;
+        }
+        if due && !pending.is_empty() {
+            let written = checkpoint(&database, &pending);
+            match written {
+                Ok(()) => {
+                    let bytes = pending.iter().map(|w| w.bytes).sum();
+                    let seq = pending.last().map_or(0, |w| w.seq);
+                    log.applied(seq, bytes);
+                }
+                Err(error) => {
+                    // The batches are safe in the log and are replayed on the next start;
+                    // until then the store takes no more writes.
+                    tracing::error!(%error, "checkpoint into the redb file failed");
+                    log.fail(format!("a checkpoint failed, restart to recover: {error}"));
+                    outcome = Err(error);
+                }
+            }
+            pending.clear();
+            pending_changes = 0;
+            oldest = None;
+        }
+        for reply in flushes.drain(..) {
+            let answer = match &outcome {
+                Ok(()) => Ok(()),
+                Err(error) => Err(StoreError::Log(error.to_string())),
+            };
+            let _ = reply.send(answer);
+        }
+        if pending.is_empty() && open {
+            log.prepare_spare();
+        }
+    }
+}
+
 impl EmbeddedStore {
-    /// Opens (creating if needed) the database in `data_dir`.
+    /// Opens (creating if needed) the database in `data_dir` and replays its write-ahead log.
     pub fn open(data_dir: &Path) -> Result<EmbeddedStore, StoreError> {
+        EmbeddedStore::open_with(data_dir, true)
+    }
+
+    /// Opens the store with a checkpoint thread that never writes into the redb file: what
+    /// a process killed right after its commits leaves behind (tests of replay).
+    #[cfg(test)]
+    pub(crate) fn open_without_checkpoints(data_dir: &Path) -> Result<EmbeddedStore, StoreError> {
+        EmbeddedStore::open_with(data_dir, false)
+    }
+
+    fn open_with(data_dir: &Path, write_checkpoints: bool) -> Result<EmbeddedStore, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|source| StoreError::Io {
             path: data_dir.to_path_buf(),
             source,
@@ -67,9 +332,31 @@ impl EmbeddedStore {
                 },
                 other => StoreError::Database(format!("{}: {other}", path.display())),
             })?;
-        let store = EmbeddedStore { database, path };
-        store.initialise()?;
-        Ok(store)
+        let applied = initialise(&database)?;
+        let (log, frames) = WriteAheadLog::open(data_dir, applied)?;
+        let last = replay(&database, &frames)?.unwrap_or(applied);
+        log.applied(last, frames.iter().map(|f| f.bytes).sum());
+        let database = Arc::new(database);
+        let log = Arc::new(log);
+        let (checkpoints, requests) = mpsc::channel();
+        let checkpointer = {
+            let database = Arc::clone(&database);
+            let log = Arc::clone(&log);
+            std::thread::Builder::new()
+                .name("svcmeta-checkpoint".to_string())
+                .spawn(move || run_checkpointer(database, log, requests, write_checkpoints))
+                .map_err(|source| StoreError::Io {
+                    path: "checkpoint thread".into(),
+                    source,
+                })?
+        };
+        Ok(EmbeddedStore {
+            database,
+            log,
+            path,
+            checkpoints: Some(checkpoints),
+            checkpointer: Some(checkpointer),
+        })
     }
 
     /// The database file.
@@ -77,32 +364,19 @@ impl EmbeddedStore {
         &self.path
     }
 
-    fn initialise(&self) -> Result<(), StoreError> {
-        let txn = self.database.begin_write().map_err(StoreError::database)?;
-        {
-            let mut meta = txn.open_table(META).map_err(StoreError::database)?;
-            let found = meta
-                .get(FORMAT_KEY)
-                .map_err(StoreError::database)?
-                .map(|v| v.value());
-            match found {
-                Some(found) if found > FILE_FORMAT => {
-                    return Err(StoreError::UnsupportedFormat {
-                        found,
-                        supported: FILE_FORMAT,
-                    })
-                }
-                Some(_) => {}
-                None => {
-                    meta.insert(FORMAT_KEY, FILE_FORMAT)
-                        .map_err(StoreError::database)?;
-                }
-            }
-            txn.open_table(INSTANCES).map_err(StoreError::database)?;
-            txn.open_table(EVENTS).map_err(StoreError::database)?;
-            txn.open_table(LEASES).map_err(StoreError::database)?;
-        }
-        txn.commit().map_err(StoreError::database)
+    /// Writes every committed batch into the redb file now.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.send(CheckpointRequest::Flush(reply))?;
+        answer.recv().map_err(|_| stopped())?
+    }
+
+    fn send(&self, request: CheckpointRequest) -> Result<(), StoreError> {
+        self.checkpoints
+            .as_ref()
+            .ok_or_else(stopped)?
+            .send(request)
+            .map_err(|_| stopped())
     }
 
     /// Reads every instance and the newest revision.
@@ -120,6 +394,7 @@ impl EmbeddedStore {
         &self,
         on_instances: &mut dyn FnMut(Vec<Instance>),
     ) -> Result<Snapshot, StoreError> {
+        self.flush()?;
         let txn = self.database.begin_read().map_err(StoreError::database)?;
         let meta = txn.open_table(META).map_err(StoreError::database)?;
         let revision = meta
@@ -166,64 +441,133 @@ impl EmbeddedStore {
         })
     }
 
-    /// Writes a batch (changes, events, lease deadlines, revision) in one durable transaction,
-    /// and drops events older than the retention.
+    /// Makes a batch (changes, events, lease deadlines, revision) durable: one frame in the
+    /// write-ahead log, written into the redb file by the checkpoint thread soon after.
     pub fn commit(&self, batch: &Batch<'_>) -> Result<(), StoreError> {
-        let txn = self.database.begin_write().map_err(StoreError::database)?;
-        {
-            let mut table = txn.open_table(INSTANCES).map_err(StoreError::database)?;
-            for change in batch.changes {
-                match change {
-                    Change::Put(instance) => {
-                        let record = codec::encode(instance);
-                        table
-                            .insert(instance.id(), record.as_slice())
-                            .map_err(StoreError::database)?;
-                    }
-                    Change::Remove { id, .. } => {
-                        table.remove(id.as_str()).map_err(StoreError::database)?;
-                    }
-                }
-            }
-            let mut events = txn.open_table(EVENTS).map_err(StoreError::database)?;
-            for event in batch.events {
-                let record = codec::encode_event(event);
-                events
-                    .insert(event.revision, record.as_slice())
-                    .map_err(StoreError::database)?;
-            }
-            // Old events are trimmed in steps of TRIM_STEP revisions rather than on every
-            // commit: one range deletion per step instead of a B-tree edit per write. The file
-            // keeps at most TRIM_STEP events beyond the retention; `load` callers trim exactly.
-            let oldest_written = batch.events.first().map(|e| e.revision);
-            if let (Some(oldest), Some(newest)) = (oldest_written, batch.events.last()) {
-                // Revisions are contiguous, so this batch covers (oldest - 1, newest].
-                let crossed_step =
-                    oldest.saturating_sub(1) / TRIM_STEP != newest.revision / TRIM_STEP;
-                let floor = newest.revision.saturating_sub(batch.event_retention);
-                if crossed_step && floor > 0 {
-                    events
-                        .retain_in(..floor, |_, _| false)
-                        .map_err(StoreError::database)?;
-                }
-            }
-            let mut leases = txn.open_table(LEASES).map_err(StoreError::database)?;
-            for (id, deadline) in batch.leases {
-                match deadline {
-                    Some(deadline) => {
-                        leases
-                            .insert(id.as_str(), *deadline)
-                            .map_err(StoreError::database)?;
-                    }
-                    None => {
-                        leases.remove(id.as_str()).map_err(StoreError::database)?;
-                    }
-                }
-            }
-            let mut meta = txn.open_table(META).map_err(StoreError::database)?;
-            meta.insert(REVISION_KEY, batch.revision)
+        let body = codec::encode_logged_batch(batch);
+        let appended = self.log.append(&body)?;
+        let write = LoggedWrite {
+            seq: appended.seq,
+            bytes: appended.bytes,
+            changes: batch.changes.to_vec(),
+            events: batch.events.to_vec(),
+            leases: batch.leases.to_vec(),
+            revision: batch.revision,
+            event_retention: batch.event_retention,
+        };
+        // The batch is durable in the log now; if the checkpoint thread is gone it is written
+        // into the redb file on the next start, but the store takes no more writes.
+        self.send(CheckpointRequest::Write(Box::new(write)))
+            .inspect_err(|error| self.log.fail(error.to_string()))
+    }
+}
+
+impl Drop for EmbeddedStore {
+    fn drop(&mut self) {
+        // Closing the channel makes the checkpoint thread write what is left and stop; the
+        // redb file lock is released once it has.
+        self.checkpoints = None;
+        if let Some(handle) = self.checkpointer.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn stopped() -> StoreError {
+    StoreError::Log("the checkpoint thread stopped".to_string())
+}
+
+/// Checks the file format, creates the tables, and returns the last log frame the file holds.
+fn initialise(database: &Database) -> Result<u64, StoreError> {
+    let txn = database.begin_write().map_err(StoreError::database)?;
+    let applied;
+    {
+        let mut meta = txn.open_table(META).map_err(StoreError::database)?;
+        let found = meta
+            .get(FORMAT_KEY)
+            .map_err(StoreError::database)?
+            .map(|v| v.value());
+        if let Some(found) = found.filter(|found| *found > FILE_FORMAT) {
+            return Err(StoreError::UnsupportedFormat {
+                found,
+                supported: FILE_FORMAT,
+            });
+        }
+        if found != Some(FILE_FORMAT) {
+            meta.insert(FORMAT_KEY, FILE_FORMAT)
                 .map_err(StoreError::database)?;
         }
-        txn.commit().map_err(StoreError::database)
+        applied = meta
+            .get(LOG_APPLIED_KEY)
+            .map_err(StoreError::database)?
+            .map_or(0, |v| v.value());
+        txn.open_table(INSTANCES).map_err(StoreError::database)?;
+        txn.open_table(EVENTS).map_err(StoreError::database)?;
+        txn.open_table(LEASES).map_err(StoreError::database)?;
     }
+    txn.commit().map_err(StoreError::database)?;
+    Ok(applied)
+}
+
+/// Writes the log frames the redb file does not hold yet into it, in one durable transaction,
+/// and returns the last one's sequence number (`None` when there were none). Events are not in
+/// the log: each follows from its change and the stored state before it, as when it was first
+/// committed.
+fn replay(
+    database: &Database,
+    frames: &[crate::wal::RecoveredFrame],
+) -> Result<Option<u64>, StoreError> {
+    let Some(last) = frames.last() else {
+        return Ok(None);
+    };
+    let started = Instant::now();
+    let txn = database.begin_write().map_err(StoreError::database)?;
+    let mut interner = codec::Interner::default();
+    let mut revision = 0;
+    let mut changes = 0usize;
+    {
+        let mut tables = Tables::open(&txn)?;
+        for frame in frames {
+            let batch =
+                codec::decode_logged_batch(&frame.body, &mut interner).map_err(|reason| {
+                    StoreError::Corrupt {
+                        key: format!("write-ahead log frame {}", frame.seq),
+                        reason,
+                    }
+                })?;
+            let mut events = Vec::with_capacity(batch.changes.len());
+            for change in &batch.changes {
+                let previous = match tables
+                    .instances
+                    .get(change.id())
+                    .map_err(StoreError::database)?
+                {
+                    Some(record) => Some(Arc::new(codec::decode_interned(
+                        change.id(),
+                        record.value(),
+                        &mut interner,
+                    )?)),
+                    None => None,
+                };
+                events.extend(Event::describe(previous.as_ref(), change));
+                tables.write_change(change)?;
+            }
+            changes += batch.changes.len();
+            tables.write_events(&events)?;
+            tables.write_leases(&batch.leases)?;
+            if let (Some(oldest), Some(newest)) = (events.first(), events.last()) {
+                tables.trim_events(oldest.revision, newest.revision, batch.event_retention)?;
+            }
+            revision = revision.max(batch.revision);
+        }
+        tables.finish(revision, last.seq)?;
+    }
+    txn.commit().map_err(StoreError::database)?;
+    tracing::info!(
+        frames = frames.len(),
+        changes,
+        elapsed = ?started.elapsed(),
+        "replayed the write-ahead log"
+    );
+    Ok(Some(last.seq))
 }

@@ -48,6 +48,9 @@ pub enum StoreError {
     /// Redis answered with an error or an unexpected reply (or its URL is wrong).
     #[error("redis: {0}")]
     Redis(String),
+    /// The embedded store's write-ahead log failed earlier or refused a batch.
+    #[error("write-ahead log: {0}")]
+    Log(String),
     /// The embedded database engine failed.
     #[error("embedded database: {0}")]
     Database(String),

@@ -1,8 +1,8 @@
 //! svcmeta's storage: where registrations live durably.
 //!
 //! [`Store`] is a closed set of backends: `Memory` keeps nothing (tests, benchmarks),
-//! `Embedded` writes one redb file and `Shared` is a Redis server several nodes share (see
-//! `shared.rs`). The store is the truth; the in-memory registry is rebuilt from
+//! `Embedded` writes a write-ahead log and one redb file (see `embedded.rs`, `wal.rs`) and
+//! `Shared` is a Redis server several nodes share (see `shared.rs`). The store is the truth; the in-memory registry is rebuilt from
 //! [`Store::load`] on start. Writes arrive as batches of already-sequenced changes
 //! ([`Store::commit`]); batching is what makes group commit possible.
 
@@ -12,6 +12,7 @@ mod error;
 mod shared;
 #[cfg(feature = "test-support")]
 pub mod test_support;
+mod wal;
 
 use std::path::Path;
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use svcmeta_core::{validate, Change, Event, Health, Instance, InstanceDraft, Limits};
 
 use super::*;
+use crate::embedded::EmbeddedStore;
 use crate::embedded::TRIM_STEP;
 
 fn instance(id: &str, revision: u64) -> Arc<Instance> {
@@ -192,4 +193,132 @@ fn records_of_the_earlier_json_format_still_load() {
         codec::decode("a", &binary[..binary.len() / 2]),
         Err(StoreError::Corrupt { .. })
     ));
+}
+
+/// Commits a batch the way the catalog does: events described against the state before.
+fn commit_changes(
+    store: &Store,
+    state: &mut std::collections::HashMap<String, Arc<Instance>>,
+    changes: Vec<Change>,
+    leases: Vec<(String, Option<u64>)>,
+) -> Vec<Event> {
+    let mut events = Vec::new();
+    for change in &changes {
+        events.extend(Event::describe(state.get(change.id()), change));
+        match change {
+            Change::Put(instance) => {
+                state.insert(change.id().to_string(), Arc::clone(instance));
+            }
+            Change::Remove { .. } => {
+                state.remove(change.id());
+            }
+        }
+    }
+    let revision = changes.iter().map(Change::revision).max().unwrap_or(0);
+    let batch = Batch {
+        changes: &changes,
+        events: &events,
+        leases: &leases,
+        revision,
+        event_retention: 1000,
+    };
+    store.commit(&batch).unwrap();
+    events
+}
+
+fn revised(
+    instance: &Arc<Instance>,
+    revision: u64,
+    change: impl FnOnce(&mut Instance),
+) -> Arc<Instance> {
+    let mut next = Instance::clone(instance);
+    next.modify_revision = revision;
+    change(&mut next);
+    Arc::new(next)
+}
+
+#[test]
+fn commits_only_in_the_log_are_replayed_after_a_crash() {
+    let dir = temp_dir("replay");
+    let mut state = std::collections::HashMap::new();
+    let mut events = Vec::new();
+    let a1 = instance("a", 1);
+    let b2 = instance("b", 2);
+    let a3 = revised(&a1, 3, |i| i.fields.port = 9090);
+    let b4 = revised(&b2, 4, |i| i.health = Health::Critical);
+    {
+        // A process killed right after these commits: none of them reached the redb file.
+        let store = Store::Embedded(EmbeddedStore::open_without_checkpoints(&dir).unwrap());
+        events.extend(commit_changes(
+            &store,
+            &mut state,
+            vec![Change::Put(Arc::clone(&a1)), Change::Put(Arc::clone(&b2))],
+            vec![("b".to_string(), Some(5_000))],
+        ));
+        events.extend(commit_changes(
+            &store,
+            &mut state,
+            vec![Change::Put(Arc::clone(&a3))],
+            vec![],
+        ));
+        events.extend(commit_changes(
+            &store,
+            &mut state,
+            vec![
+                Change::Put(Arc::clone(&b4)),
+                Change::Remove {
+                    id: "a".to_string(),
+                    revision: 5,
+                    service: "web".to_string(),
+                },
+            ],
+            vec![("b".to_string(), Some(6_000))],
+        ));
+        // A renewal that changed nothing but the lease deadline is a frame of its own.
+        commit_changes(
+            &store,
+            &mut state,
+            vec![],
+            vec![("b".to_string(), Some(7_000))],
+        );
+    }
+    let expect = |snapshot: &Snapshot| {
+        assert_eq!(snapshot.instances, vec![Instance::clone(&b4)]);
+        assert_eq!(snapshot.revision, 5);
+        assert_eq!(
+            snapshot.events, events,
+            "events are described again as committed"
+        );
+        assert_eq!(snapshot.leases, vec![("b".to_string(), 7_000)]);
+    };
+    let kinds: Vec<_> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["register", "register", "update", "health", "deregister"]
+    );
+    expect(&Store::open_embedded(&dir).unwrap().load().unwrap());
+    // Replay happened once: opening again finds the same state, nothing applied twice.
+    expect(&Store::open_embedded(&dir).unwrap().load().unwrap());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_reopened_store_goes_on_after_replayed_frames() {
+    let dir = temp_dir("replay-continue");
+    let mut state = std::collections::HashMap::new();
+    // A crash, a clean close (the frames reach the redb file), and another crash.
+    for (crash, id, revision) in [(true, "a", 1), (false, "b", 2), (true, "c", 3)] {
+        let store = if crash {
+            Store::Embedded(EmbeddedStore::open_without_checkpoints(&dir).unwrap())
+        } else {
+            Store::open_embedded(&dir).unwrap()
+        };
+        let put = Change::Put(instance(id, revision));
+        commit_changes(&store, &mut state, vec![put], vec![]);
+    }
+    let snapshot = Store::open_embedded(&dir).unwrap().load().unwrap();
+    let ids: Vec<&str> = snapshot.instances.iter().map(|i| i.id()).collect();
+    assert_eq!(ids, ["a", "b", "c"]);
+    assert_eq!(snapshot.revision, 3);
+    let _ = std::fs::remove_dir_all(&dir);
 }

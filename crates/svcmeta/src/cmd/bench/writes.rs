@@ -212,6 +212,9 @@ pub(crate) struct Durable {
     pub(crate) single_writer: PerRequest,
     /// [`WRITERS`] threads, one registration per request (group commit).
     pub(crate) concurrent: Concurrent,
+    /// [`WRITERS`] tasks on a two-worker runtime, one registration per request: the way the
+    /// server's HTTP handlers write.
+    pub(crate) concurrent_tasks: Concurrent,
     /// Live instances in the store at the end.
     pub(crate) instances: u64,
 }
@@ -235,7 +238,8 @@ pub(crate) struct Concurrent {
 
 /// What the durable run writes: the generated catalog of `instances` with `seed`, all but
 /// the last `tail` registrations in bulk batches, then `single` of the tail one per request
-/// from one thread, then the rest one per request from [`WRITERS`] threads.
+/// from one thread, then half of the rest one per request from [`WRITERS`] threads and the
+/// other half from [`WRITERS`] tasks.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct DurablePlan {
     /// Instances in all.
@@ -307,21 +311,81 @@ pub(crate) fn fill_embedded(
     }
     let single_writer = PerRequest::of(&latencies, started.elapsed());
 
-    let registrations = concurrent_part.len();
+    // Half of the rest from writer threads, half from writer tasks on the server's runtime.
+    let mut task_part = concurrent_part;
+    let thread_part = task_part.split_off(task_part.len() / 2);
+    say(format_args!(
+        "embedded: {} registrations by {WRITERS} writer threads",
+        thread_part.len()
+    ));
+    let concurrent = concurrent_threads(&catalog, thread_part)?;
+    say(format_args!(
+        "embedded: {} registrations by {WRITERS} writer tasks",
+        task_part.len()
+    ));
+    let catalog = std::sync::Arc::new(catalog);
+    let concurrent_tasks = concurrent_tasks(&catalog, task_part)?;
+    say(format_args!("embedded: writers done"));
+    let live = catalog.index_stats(0).instances;
+    catalog.shutdown();
+    drop(catalog);
+    Ok(Durable {
+        bulk,
+        single_writer,
+        concurrent,
+        concurrent_tasks,
+        instances: live,
+    })
+}
+
+/// Deals registrations round-robin to [`WRITERS`] writers.
+fn deal(registrations: Vec<Registration>) -> Vec<Vec<Registration>> {
     let mut shares: Vec<Vec<Registration>> = (0..WRITERS).map(|_| Vec::new()).collect();
-    for (n, registration) in concurrent_part.into_iter().enumerate() {
+    for (n, registration) in registrations.into_iter().enumerate() {
         shares[n % WRITERS].push(registration);
     }
-    say(format_args!(
-        "embedded: {registrations} registrations by {WRITERS} writers"
-    ));
+    shares
+}
+
+/// The figures of one concurrent run from each writer's latencies.
+fn concurrent_figures(
+    catalog: &Catalog,
+    commits_before: u64,
+    wall: Duration,
+    results: Vec<anyhow::Result<Vec<Duration>>>,
+) -> anyhow::Result<Concurrent> {
+    let mut latencies = Vec::new();
+    for result in results {
+        latencies.extend(result?);
+    }
+    let registrations = latencies.len();
+    let commits = catalog.commits() - commits_before;
+    Ok(Concurrent {
+        writers: WRITERS,
+        registrations,
+        registrations_per_s: rate(registrations, wall.as_secs_f64()),
+        latency: Latency::of(&latencies),
+        commits,
+        registrations_per_commit: if commits > 0 {
+            registrations as f64 / commits as f64
+        } else {
+            0.0
+        },
+    })
+}
+
+/// [`WRITERS`] OS threads, each writing one registration per request and waiting for it.
+fn concurrent_threads(
+    catalog: &Catalog,
+    registrations: Vec<Registration>,
+) -> anyhow::Result<Concurrent> {
+    let shares = deal(registrations);
     let commits_before = catalog.commits();
     let started = Instant::now();
     let results: Vec<anyhow::Result<Vec<Duration>>> = std::thread::scope(|scope| {
         let handles: Vec<_> = shares
             .into_iter()
             .map(|share| {
-                let catalog = &catalog;
                 scope.spawn(move || -> anyhow::Result<Vec<Duration>> {
                     let mut latencies = Vec::with_capacity(share.len());
                     for registration in share {
@@ -341,34 +405,51 @@ pub(crate) fn fill_embedded(
             })
             .collect()
     });
-    let wall = started.elapsed();
-    let mut latencies = Vec::with_capacity(registrations);
-    for result in results {
-        latencies.extend(result?);
-    }
-    let commits = catalog.commits() - commits_before;
-    let concurrent = Concurrent {
-        writers: WRITERS,
-        registrations,
-        registrations_per_s: rate(registrations, wall.as_secs_f64()),
-        latency: Latency::of(&latencies),
-        commits,
-        registrations_per_commit: if commits > 0 {
-            registrations as f64 / commits as f64
-        } else {
-            0.0
-        },
-    };
-    say(format_args!("embedded: writers done"));
-    let live = catalog.index_stats(0).instances;
-    catalog.shutdown();
-    drop(catalog);
-    Ok(Durable {
-        bulk,
-        single_writer,
-        concurrent,
-        instances: live,
-    })
+    concurrent_figures(catalog, commits_before, started.elapsed(), results)
+}
+
+/// [`WRITERS`] tasks on a runtime like `svcmeta serve`'s (one worker per core), each writing
+/// one registration per request and awaiting it: how HTTP handlers write.
+fn concurrent_tasks(
+    catalog: &std::sync::Arc<Catalog>,
+    registrations: Vec<Registration>,
+) -> anyhow::Result<Concurrent> {
+    let shares = deal(registrations);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the writers' runtime")?;
+    let commits_before = catalog.commits();
+    let started = Instant::now();
+    let results: Vec<anyhow::Result<Vec<Duration>>> = runtime.block_on(async {
+        let tasks: Vec<_> = shares
+            .into_iter()
+            .map(|share| {
+                let catalog = std::sync::Arc::clone(catalog);
+                tokio::spawn(async move {
+                    let mut latencies = Vec::with_capacity(share.len());
+                    for registration in share {
+                        let began = Instant::now();
+                        catalog
+                            .write(vec![Mutation::Register(registration)])
+                            .await
+                            .map_err(|e| anyhow::anyhow!("write failed: {e}"))?;
+                        latencies.push(began.elapsed());
+                    }
+                    Ok(latencies)
+                })
+            })
+            .collect();
+        let mut results = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            results.push(
+                task.await
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a writer task panicked"))),
+            );
+        }
+        results
+    });
+    concurrent_figures(catalog, commits_before, started.elapsed(), results)
 }
 
 /// One raw fsync for reference: a 4 KiB write and `fsync` of a file in `dir`.
