@@ -79,7 +79,7 @@ fn remove(postings: &mut Postings, value: &str, slot: u32) {
 
 /// Shrinks a map whose capacity is far above its length, so churn does not leave it bloated.
 fn compact<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
-    if map.capacity() > 64 && map.len() < map.capacity() / 4 {
+    if map.is_empty() || (map.capacity() > 64 && map.len() < map.capacity() / 4) {
         map.shrink_to_fit();
     }
 }
@@ -193,36 +193,123 @@ impl Index {
             + 3
     }
 
-    /// Estimated heap bytes of the index: bitmap payloads, keys and map entries.
-    pub(crate) fn memory_bytes(&self) -> u64 {
-        const ENTRY_OVERHEAD: u64 = 64;
-        fn bitmap_bytes(bitmap: &RoaringBitmap) -> u64 {
-            bitmap.serialized_size() as u64
-        }
+    /// Estimated heap bytes of the posting lists, per dimension: bitmaps, keys and hash
+    /// table buckets (see [`bitmap_bytes`] and [`table_bytes`]). The estimate follows from
+    /// the content alone (the layout a list or table has when grown to its size), so it comes
+    /// back to the same figure when churn brings the content back; spare capacity left by
+    /// a larger past (a table that once held more values) is not in it.
+    pub(crate) fn memory(&self) -> PostingMemory {
         fn postings_bytes(postings: &Postings) -> u64 {
-            postings
-                .iter()
-                .map(|(key, bitmap)| key.len() as u64 + bitmap_bytes(bitmap) + ENTRY_OVERHEAD)
-                .sum()
+            table_bytes::<Text, RoaringBitmap>(postings.len())
+                + postings
+                    .iter()
+                    .map(|(key, bitmap)| text_bytes(key) + bitmap_bytes(bitmap))
+                    .sum::<u64>()
         }
-        bitmap_bytes(&self.all)
-            + postings_bytes(&self.services)
-            + postings_bytes(&self.tags)
-            + self
-                .versions
-                .iter()
-                .map(|(key, posting)| {
-                    key.len() as u64 + bitmap_bytes(&posting.slots) + ENTRY_OVERHEAD + 40
-                })
-                .sum::<u64>()
-            + postings_bytes(&self.environments)
-            + postings_bytes(&self.regions)
-            + postings_bytes(&self.meta_keys)
-            + self
-                .meta_values
-                .iter()
-                .map(|(key, values)| key.len() as u64 + ENTRY_OVERHEAD + postings_bytes(values))
-                .sum::<u64>()
-            + self.health.iter().map(bitmap_bytes).sum::<u64>()
+        PostingMemory {
+            all: bitmap_bytes(&self.all),
+            services: postings_bytes(&self.services),
+            tags: postings_bytes(&self.tags),
+            versions: table_bytes::<Text, VersionPosting>(self.versions.len())
+                + self
+                    .versions
+                    .iter()
+                    .map(|(key, posting)| text_bytes(key) + bitmap_bytes(&posting.slots))
+                    .sum::<u64>(),
+            environments: postings_bytes(&self.environments),
+            regions: postings_bytes(&self.regions),
+            meta_keys: postings_bytes(&self.meta_keys),
+            meta_values: table_bytes::<Text, Postings>(self.meta_values.len())
+                + self
+                    .meta_values
+                    .iter()
+                    .map(|(key, values)| text_bytes(key) + postings_bytes(values))
+                    .sum::<u64>(),
+            health: self.health.iter().map(bitmap_bytes).sum(),
+        }
     }
+}
+
+/// Estimated heap bytes of the posting lists, per dimension.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PostingMemory {
+    /// The list of every live slot.
+    pub all: u64,
+    /// Service lists and their (lower-cased) names.
+    pub services: u64,
+    /// Tag lists and the tags.
+    pub tags: u64,
+    /// Version lists, the version strings and their parsed semver.
+    pub versions: u64,
+    /// Environment lists.
+    pub environments: u64,
+    /// Region lists.
+    pub regions: u64,
+    /// Meta key presence lists and the keys.
+    pub meta_keys: u64,
+    /// Meta key=value lists and the values.
+    pub meta_values: u64,
+    /// The three health lists.
+    pub health: u64,
+}
+
+impl PostingMemory {
+    /// All dimensions together.
+    pub fn total(&self) -> u64 {
+        self.all
+            + self.services
+            + self.tags
+            + self.versions
+            + self.environments
+            + self.regions
+            + self.meta_keys
+            + self.meta_values
+            + self.health
+    }
+}
+
+/// Bytes of one roaring container in its bitmap's container vector (key and store enum; 40
+/// in roaring 0.12, checked against a counting allocator).
+const CONTAINER_BYTES: u64 = 40;
+/// Bytes of a bitset container's payload (65,536 bits).
+const BITSET_BYTES: u64 = 8192;
+
+/// Estimated heap bytes of a roaring bitmap: its container vector (which grows by doubling
+/// from 4) and each container's payload (2 bytes per element of an array, 8 KiB per bitset,
+/// 4 bytes per run).
+pub(crate) fn bitmap_bytes(bitmap: &RoaringBitmap) -> u64 {
+    let stats = bitmap.statistics();
+    let containers = u64::from(stats.n_containers);
+    if containers == 0 {
+        return 0;
+    }
+    let arrays = u64::from(stats.n_values_array_containers) * 2;
+    let bitsets = u64::from(stats.n_bitset_containers) * BITSET_BYTES;
+    // roaring reports a run container's size as 2 bytes plus 4 per run.
+    let run_containers = u64::from(stats.n_run_containers);
+    let runs = stats
+        .n_bytes_run_containers
+        .saturating_sub(2 * run_containers);
+    containers.max(4).next_power_of_two() * CONTAINER_BYTES + arrays + bitsets + runs
+}
+
+/// Estimated heap bytes of a hashbrown table of `entries` entries of `(K, V)`, as sized by
+/// growing to them: its buckets (a power of two, at most 7/8 full) with one control byte each,
+/// plus one group of trailing control bytes.
+pub(crate) fn table_bytes<K, V>(entries: usize) -> u64 {
+    if entries == 0 {
+        return 0;
+    }
+    let buckets = if entries < 8 {
+        (entries + 1).next_power_of_two()
+    } else {
+        (entries * 8).div_ceil(7).next_power_of_two()
+    };
+    (buckets * (std::mem::size_of::<(K, V)>() + 1) + 16) as u64
+}
+
+/// Heap bytes of one shared string: a 16-byte header (reference counts) and the bytes,
+/// rounded to the allocator's 8-byte granularity.
+pub(crate) fn text_bytes(text: &str) -> u64 {
+    (16 + text.len()).next_multiple_of(8) as u64
 }

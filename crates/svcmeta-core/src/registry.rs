@@ -15,7 +15,7 @@ use std::sync::Arc;
 use roaring::RoaringBitmap;
 use serde::Serialize;
 
-use crate::index::{service_key, Index};
+use crate::index::{service_key, table_bytes, Index, PostingMemory};
 use crate::model::{Health, Instance, Registration, Text};
 use crate::query::{Cursor, MetaCriterion, NodeInfo, Page, PlanStep, Query, QueryAnswer};
 use crate::validate::Limits;
@@ -248,7 +248,7 @@ pub struct Registry {
     /// Free slots, reused before the slot vector grows.
     free: Vec<u32>,
     /// Instance id → slot.
-    by_id: HashMap<Box<str>, u32>,
+    by_id: IdMap,
     index: Index,
     /// Lower-cased service names, sorted: the first key of the result order.
     sorted_services: BTreeSet<Text>,
@@ -316,7 +316,7 @@ impl Registry {
 
     /// The instance with this id.
     pub fn get(&self, id: &str) -> Option<&Arc<Instance>> {
-        let slot = *self.by_id.get(id)?;
+        let slot = self.by_id.get(id, &self.slots)?;
         self.slots.get(slot as usize)?.as_ref()
     }
 
@@ -331,7 +331,7 @@ impl Registry {
         match change {
             Change::Put(instance) => self.put(instance, revision),
             Change::Remove { id, service, .. } => {
-                if let Some(slot) = self.by_id.remove(id.as_str()) {
+                if let Some(slot) = self.by_id.remove(id.as_str(), &self.slots) {
                     if let Some(old) = self.slots.get_mut(slot as usize).and_then(Option::take) {
                         self.index.remove(slot, &old);
                         self.order_remove(&old.fields.service, slot, old.id());
@@ -364,8 +364,8 @@ impl Registry {
     }
 
     fn put_owned(&mut self, mut stored: Instance, revision: u64) {
-        let slot = match self.by_id.get(stored.id()) {
-            Some(&slot) => {
+        let slot = match self.by_id.get(stored.id(), &self.slots) {
+            Some(slot) => {
                 let old = self.slots.get_mut(slot as usize).and_then(Option::take);
                 match old {
                     Some(old) if old.fields == stored.fields => {
@@ -405,7 +405,7 @@ impl Registry {
                 };
                 self.index.insert(slot, &mut stored.fields, stored.health);
                 self.order_insert(&stored.fields.service, slot, stored.id());
-                self.by_id.insert(stored.id().into(), slot);
+                self.by_id.insert(stored.id(), slot, &self.slots);
                 slot
             }
         };
@@ -479,7 +479,7 @@ impl Registry {
         self.slots.shrink_to_fit();
         self.free.clear();
         self.free.shrink_to_fit();
-        self.by_id.shrink_to_fit();
+        self.by_id.shrink_to_fit(&self.slots);
         self.index.compact_all();
     }
 
@@ -970,16 +970,91 @@ impl Registry {
         }
     }
 
-    /// Estimated bytes held by the indexes and the id map (not the instance records).
+    /// Estimated bytes held by the indexes: posting lists, the id map, the slot table and
+    /// the per-service id orders (not the instance records). See [`MemoryBreakdown`].
     pub fn index_memory_bytes(&self) -> u64 {
-        let id_map: u64 = self.by_id.keys().map(|k| k.len() as u64 + 24).sum();
-        let order: u64 = self
-            .service_order
-            .values()
-            .map(|list| list.len() as u64 * 4 + 24)
-            .sum();
-        self.index.memory_bytes() + id_map + order + (self.slots.capacity() as u64 * 8)
+        self.memory_parts(false).index_total()
     }
+
+    /// Estimated heap bytes of the registry, part by part, records included (walks every
+    /// instance, so it costs a few milliseconds per 100,000 instances).
+    pub fn memory_breakdown(&self) -> MemoryBreakdown {
+        self.memory_parts(true)
+    }
+
+    fn memory_parts(&self, with_records: bool) -> MemoryBreakdown {
+        // Slots only: the ids are the records' own. The large tables are counted by their
+        // capacity (what they hold), the per-service structures by their content (so churn
+        // that brings the content back brings the figure back).
+        let id_map = table_bytes::<u32, ()>(self.by_id.capacity());
+        let service_order = table_bytes::<Text, Vec<u32>>(self.service_order.len())
+            + self
+                .service_order
+                .values()
+                .map(|list| list.len() as u64 * 4)
+                .sum::<u64>();
+        // A BTreeSet leaf holds up to 11 keys in about 200 bytes; the names are shared with
+        // the service posting lists.
+        let sorted_services = (self.sorted_services.len() as u64).div_ceil(11) * 200;
+        let service_revisions = table_bytes::<Text, u64>(self.service_revisions.len());
+        let records = if with_records {
+            self.instances()
+                .map(|instance| record_bytes(instance))
+                .sum()
+        } else {
+            0
+        };
+        MemoryBreakdown {
+            postings: self.index.memory(),
+            id_map,
+            slots: (self.slots.capacity() * std::mem::size_of::<Option<Arc<Instance>>>()
+                + self.free.len() * 4) as u64,
+            service_order: service_order + sorted_services,
+            service_revisions,
+            records,
+        }
+    }
+}
+
+/// Estimated heap bytes of the registry, part by part (hash tables by their capacity,
+/// vectors by theirs, roaring bitmaps by their containers).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct MemoryBreakdown {
+    /// The posting lists, per dimension, with their keys (the interned strings).
+    pub postings: PostingMemory,
+    /// Instance id → slot.
+    pub id_map: u64,
+    /// The slot table (one pointer per slot, free ones included) and the free-slot list.
+    pub slots: u64,
+    /// Each service's slots in id order, and the sorted service names.
+    pub service_order: u64,
+    /// The last revision of every service ever seen (tombstones included); bookkeeping for
+    /// blocking queries, not an index, so not in [`MemoryBreakdown::index_total`].
+    pub service_revisions: u64,
+    /// The instance records (the shared block, its id and address, tag and meta vectors;
+    /// interned strings are counted with the posting lists). Only [`Registry::memory_breakdown`]
+    /// fills it in; not in [`MemoryBreakdown::index_total`].
+    pub records: u64,
+}
+
+impl MemoryBreakdown {
+    /// What `index_memory_bytes` reports: posting lists, id map, slot table, service order.
+    pub fn index_total(&self) -> u64 {
+        self.postings.total() + self.id_map + self.slots + self.service_order
+    }
+}
+
+/// Heap bytes of one record, apart from the interned strings it shares with the index: the
+/// reference-counted block (two counts and the instance), the id and address strings, the tag
+/// and meta vectors, each rounded to 8 bytes.
+fn record_bytes(instance: &Instance) -> u64 {
+    let fields = &instance.fields;
+    let round = |bytes: usize| bytes.next_multiple_of(8) as u64;
+    round(16 + std::mem::size_of::<Instance>())
+        + round(fields.id.capacity())
+        + round(fields.address.capacity())
+        + round(fields.tags.capacity() * std::mem::size_of::<Text>())
+        + round(fields.meta.len() * 2 * std::mem::size_of::<Text>())
 }
 
 /// Whether an instance breaks the (possibly lowered) size limits.
@@ -1019,6 +1094,10 @@ fn is_after(instance: &Instance, cursor: &Cursor) -> bool {
         .then_with(|| instance.fields.id.as_str().cmp(cursor.id.as_str()))
         .is_gt()
 }
+
+mod id_map;
+
+use id_map::IdMap;
 
 #[cfg(test)]
 mod tests;
