@@ -54,7 +54,7 @@ pub(crate) fn service_key(service: &str) -> Text {
 
 /// Adds `slot` to the posting list of `value` and returns the index's copy of the value.
 fn add(postings: &mut Postings, value: &Text, slot: u32) -> Text {
-    match postings.get_key_value_mut(value.as_ref()) {
+    match postings.get_key_value_mut(value.as_str()) {
         Some((key, bitmap)) => {
             bitmap.insert(slot);
             Text::clone(key)
@@ -91,14 +91,14 @@ impl Index {
         self.all.insert(slot);
         let key = service_key(&fields.service);
         let interned = add(&mut self.services, &key, slot);
-        if interned.as_ref() == fields.service.as_ref() {
+        if interned.as_str() == fields.service.as_str() {
             fields.service = interned;
         }
         for tag in &mut fields.tags {
             *tag = add(&mut self.tags, tag, slot);
         }
         if let Some(version) = &mut fields.version {
-            match self.versions.get_key_value_mut(version.as_ref()) {
+            match self.versions.get_key_value_mut(version.as_str()) {
                 Some((key, posting)) => {
                     posting.slots.insert(slot);
                     *version = Text::clone(key);
@@ -136,10 +136,10 @@ impl Index {
             remove(&mut self.tags, tag, slot);
         }
         if let Some(version) = &fields.version {
-            if let Some(posting) = self.versions.get_mut(version.as_ref()) {
+            if let Some(posting) = self.versions.get_mut(version.as_str()) {
                 posting.slots.remove(slot);
                 if posting.slots.is_empty() {
-                    self.versions.remove(version.as_ref());
+                    self.versions.remove(version.as_str());
                 }
             }
         }
@@ -151,10 +151,10 @@ impl Index {
         }
         for (key, value) in fields.meta.iter() {
             remove(&mut self.meta_keys, key, slot);
-            if let Some(values) = self.meta_values.get_mut(key.as_ref()) {
+            if let Some(values) = self.meta_values.get_mut(key.as_str()) {
                 remove(values, value, slot);
                 if values.is_empty() {
-                    self.meta_values.remove(key.as_ref());
+                    self.meta_values.remove(key.as_str());
                 }
             }
         }

@@ -436,7 +436,7 @@ impl Registry {
     fn order_remove(&mut self, service: &str, slot: u32, id: &str) {
         let key = service_key(service);
         let slots = &self.slots;
-        let Some(list) = self.service_order.get_mut(key.as_ref()) else {
+        let Some(list) = self.service_order.get_mut(key.as_str()) else {
             return;
         };
         let position = list.partition_point(|s| {
@@ -455,7 +455,7 @@ impl Registry {
             list.retain(|s| *s != slot);
         }
         if list.is_empty() {
-            self.service_order.remove(key.as_ref());
+            self.service_order.remove(key.as_str());
         }
     }
 
@@ -579,7 +579,7 @@ impl Registry {
         limit: usize,
     ) -> (Vec<Arc<Instance>>, bool) {
         let key = service_key(service);
-        let Some(list) = self.service_order.get(key.as_ref()) else {
+        let Some(list) = self.service_order.get(key.as_str()) else {
             return (Vec::new(), false);
         };
         let start = match cursor {
@@ -620,7 +620,7 @@ impl Registry {
         let start = cursor.map(|c| c.service_key.as_str()).unwrap_or("");
         let range = (std::ops::Bound::Included(start), std::ops::Bound::Unbounded);
         for service in self.sorted_services.range::<str, _>(range) {
-            let Some(bitmap) = self.index.services.get(service.as_ref()) else {
+            let Some(bitmap) = self.index.services.get(service.as_str()) else {
                 continue;
             };
             let part = candidates & bitmap;
@@ -646,7 +646,7 @@ impl Registry {
                     .any(|next| {
                         self.index
                             .services
-                            .get(next.as_ref())
+                            .get(next.as_str())
                             .is_some_and(|b| !b.is_disjoint(candidates))
                     });
                 return (out, more);
@@ -682,7 +682,7 @@ impl Registry {
                 &mut fixed,
                 &empty,
                 format!("service={service}"),
-                self.index.services.get(service_key(service).as_ref()),
+                self.index.services.get(service_key(service).as_str()),
             );
         }
         if let Some(environment) = &query.environment {
@@ -878,7 +878,7 @@ impl Registry {
 
     /// The summary of one service (case-insensitive), if it has live instances.
     pub fn service(&self, name: &str) -> Option<ServiceSummary> {
-        let bitmap = self.index.services.get(service_key(name).as_ref())?;
+        let bitmap = self.index.services.get(service_key(name).as_str())?;
         Some(self.summarise(bitmap))
     }
 
@@ -1053,7 +1053,7 @@ fn record_bytes(instance: &Instance) -> u64 {
     round(16 + std::mem::size_of::<Instance>())
         + round(fields.id.capacity())
         + round(fields.address.capacity())
-        + round(fields.tags.capacity() * std::mem::size_of::<Text>())
+        + round(fields.tags.len() * std::mem::size_of::<Text>())
         + round(fields.meta.len() * 2 * std::mem::size_of::<Text>())
 }
 

@@ -1976,16 +1976,16 @@ fn stored_instances_share_interned_strings() {
     }
     let a = &registry.get("a").unwrap().fields;
     let b = &registry.get("b").unwrap().fields;
-    assert!(std::sync::Arc::ptr_eq(&a.tags[0], &b.tags[0]));
-    assert!(std::sync::Arc::ptr_eq(
+    assert!(Text::ptr_eq(&a.tags[0], &b.tags[0]));
+    assert!(Text::ptr_eq(
         a.version.as_ref().unwrap(),
         b.version.as_ref().unwrap()
     ));
-    assert!(std::sync::Arc::ptr_eq(&a.service, &b.service));
+    assert!(Text::ptr_eq(&a.service, &b.service));
     let (a_key, a_value) = a.meta.iter().next().unwrap();
     let (b_key, b_value) = b.meta.iter().next().unwrap();
-    assert!(std::sync::Arc::ptr_eq(a_key, b_key));
-    assert!(std::sync::Arc::ptr_eq(a_value, b_value));
+    assert!(Text::ptr_eq(a_key, b_key));
+    assert!(Text::ptr_eq(a_value, b_value));
 }
 
 #[test]
