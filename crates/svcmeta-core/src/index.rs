@@ -9,6 +9,8 @@
 //! strings are held once however many instances carry them.
 //! This module knows nothing of queries or revisions.
 
+use std::borrow::Cow;
+
 use hashbrown::HashMap;
 use roaring::RoaringBitmap;
 use semver::Version;
@@ -44,28 +46,64 @@ pub(crate) struct Index {
 }
 
 /// Lower-cases a service name into its index key (service names are ASCII by validation).
-pub(crate) fn service_key(service: &str) -> Text {
+pub(crate) fn service_key(service: &str) -> Cow<'_, str> {
     if service.bytes().any(|b| b.is_ascii_uppercase()) {
-        Text::from(service.to_ascii_lowercase())
+        Cow::Owned(service.to_ascii_lowercase())
     } else {
-        Text::from(service)
+        Cow::Borrowed(service)
     }
 }
 
-/// Adds `slot` to the posting list of `value` and returns the index's copy of the value.
-fn add(postings: &mut Postings, value: &Text, slot: u32) -> Text {
+/// [`service_key`] as a shared string: the name itself when it is already lower-case (no
+/// copy), else a lower-cased copy.
+pub(crate) fn service_key_text(service: &Text) -> Text {
+    match service_key(service) {
+        Cow::Borrowed(_) => Text::clone(service),
+        Cow::Owned(lower) => Text::from(lower),
+    }
+}
+
+/// Adds `slot` to the posting list of `value`; returns whether `value` is the index's own
+/// copy of the string (a new value becomes the key as it is).
+fn add(postings: &mut Postings, value: &Text, slot: u32) -> bool {
     match postings.get_key_value_mut(value.as_str()) {
         Some((key, bitmap)) => {
             bitmap.insert(slot);
-            Text::clone(key)
+            Text::ptr_eq(key, value)
         }
         None => {
             let mut bitmap = RoaringBitmap::new();
             bitmap.insert(slot);
             postings.insert(Text::clone(value), bitmap);
-            Text::clone(value)
+            true
         }
     }
+}
+
+/// The index's copy of `value`, if the dimension has it.
+fn interned(postings: &Postings, value: &Text) -> Option<Text> {
+    postings
+        .get_key_value(value.as_str())
+        .map(|(key, _)| Text::clone(key))
+}
+
+/// Replaces `value` by the index's copy, else by the copy in `fresh` (strings first seen in
+/// the same batch of writes), else records it in `fresh`.
+fn share(known: Option<Text>, value: &mut Text, fresh: &mut FreshStrings) {
+    if let Some(known) = known {
+        *value = known;
+    } else if let Some(seen) = fresh.strings.get(value.as_str()) {
+        *value = Text::clone(seen);
+    } else {
+        fresh.strings.insert(Text::clone(value));
+    }
+}
+
+/// Strings that writes of one batch share before they reach the index, so a value new to the
+/// index is held once however many of the batch's instances carry it.
+#[derive(Debug, Default)]
+pub struct FreshStrings {
+    strings: hashbrown::HashSet<Text>,
 }
 
 fn remove(postings: &mut Postings, value: &str, slot: u32) {
@@ -85,23 +123,22 @@ fn compact<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
 }
 
 impl Index {
-    /// Adds every posting of an instance at `slot`, replacing its strings by the index's
-    /// interned copies.
-    pub(crate) fn insert(&mut self, slot: u32, fields: &mut InstanceFields, health: Health) {
+    /// Adds every posting of an instance at `slot`. Returns whether every string of the
+    /// record is the index's own copy; if not, the caller replaces them with [`Index::intern`]
+    /// (after this insert every value has a key).
+    pub(crate) fn insert(&mut self, slot: u32, fields: &InstanceFields, health: Health) -> bool {
         self.all.insert(slot);
-        let key = service_key(&fields.service);
-        let interned = add(&mut self.services, &key, slot);
-        if interned.as_str() == fields.service.as_str() {
-            fields.service = interned;
+        let key = service_key_text(&fields.service);
+        // A mixed-case name is its own string; the key is its lower-cased copy.
+        let mut shared = add(&mut self.services, &key, slot) || key != fields.service;
+        for tag in fields.tags.iter() {
+            shared &= add(&mut self.tags, tag, slot);
         }
-        for tag in &mut fields.tags {
-            *tag = add(&mut self.tags, tag, slot);
-        }
-        if let Some(version) = &mut fields.version {
+        if let Some(version) = &fields.version {
             match self.versions.get_key_value_mut(version.as_str()) {
                 Some((key, posting)) => {
                     posting.slots.insert(slot);
-                    *version = Text::clone(key);
+                    shared &= Text::ptr_eq(key, version);
                 }
                 None => {
                     let mut posting = VersionPosting {
@@ -113,18 +150,61 @@ impl Index {
                 }
             }
         }
-        if let Some(environment) = &mut fields.environment {
-            *environment = add(&mut self.environments, environment, slot);
+        if let Some(environment) = &fields.environment {
+            shared &= add(&mut self.environments, environment, slot);
         }
-        if let Some(region) = &mut fields.region {
-            *region = add(&mut self.regions, region, slot);
+        if let Some(region) = &fields.region {
+            shared &= add(&mut self.regions, region, slot);
         }
-        for (key, value) in fields.meta.pairs_mut() {
-            *key = add(&mut self.meta_keys, key, slot);
-            let values = self.meta_values.entry(Text::clone(key)).or_default();
-            *value = add(values, value, slot);
+        for (key, value) in fields.meta.iter() {
+            shared &= add(&mut self.meta_keys, key, slot);
+            let values = match self.meta_values.get_mut(key.as_str()) {
+                Some(values) => values,
+                None => self.meta_values.entry(Text::clone(key)).or_default(),
+            };
+            shared &= add(values, value, slot);
         }
         self.health[health.slot()].insert(slot);
+        shared
+    }
+
+    /// Replaces the strings of `fields` by the index's copies where it has them, else by the
+    /// batch's (`fresh`). Read-only on the index, so writes can be prepared under a read lock.
+    pub(crate) fn intern(&self, fields: &mut InstanceFields, fresh: &mut FreshStrings) {
+        // A mixed-case name is not a key (the key is lower-cased), so only the batch shares it.
+        let known = match service_key(&fields.service) {
+            Cow::Borrowed(_) => interned(&self.services, &fields.service),
+            Cow::Owned(_) => None,
+        };
+        share(known, &mut fields.service, fresh);
+        for tag in fields.tags.iter_mut() {
+            share(interned(&self.tags, tag), tag, fresh);
+        }
+        if let Some(version) = &mut fields.version {
+            let known = self
+                .versions
+                .get_key_value(version.as_str())
+                .map(|(key, _)| Text::clone(key));
+            share(known, version, fresh);
+        }
+        if let Some(environment) = &mut fields.environment {
+            share(
+                interned(&self.environments, environment),
+                environment,
+                fresh,
+            );
+        }
+        if let Some(region) = &mut fields.region {
+            share(interned(&self.regions, region), region, fresh);
+        }
+        for (key, value) in fields.meta.pairs_mut() {
+            share(interned(&self.meta_keys, key), key, fresh);
+            let known = self
+                .meta_values
+                .get(key.as_str())
+                .and_then(|values| interned(values, value));
+            share(known, value, fresh);
+        }
     }
 
     /// Removes every posting of `instance` at `slot`; empty values disappear.

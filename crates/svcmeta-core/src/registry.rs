@@ -15,8 +15,10 @@ use std::sync::Arc;
 use roaring::RoaringBitmap;
 use serde::Serialize;
 
-use crate::index::{service_key, table_bytes, Index, PostingMemory};
-use crate::model::{Health, Instance, Registration, Text};
+use crate::index::{
+    service_key, service_key_text, table_bytes, FreshStrings, Index, PostingMemory,
+};
+use crate::model::{Health, Instance, InstanceFields, Registration, Text};
 use crate::query::{Cursor, MetaCriterion, NodeInfo, Page, PlanStep, Query, QueryAnswer};
 use crate::validate::Limits;
 use crate::version::VersionCriterion;
@@ -354,43 +356,57 @@ impl Registry {
     /// restart. The revision rises to the instance's own.
     pub fn load(&mut self, instance: Instance) {
         let revision = instance.modify_revision;
-        self.put_owned(instance, revision);
+        self.put(Arc::new(instance), revision);
         self.revision = self.revision.max(revision);
     }
 
-    fn put(&mut self, instance: Arc<Instance>, revision: u64) {
-        // The stored copy gets the index's interned strings; the caller's copy is untouched.
-        self.put_owned(Instance::clone(&instance), revision);
+    /// Replaces the strings of a registration by the copies the index already holds, or by
+    /// those of earlier registrations prepared with the same `fresh` (one batch of writes).
+    /// A registration prepared this way is stored as it is, without a copy, when applied
+    /// before the index changes; any other is copied once and interned then.
+    pub fn intern(&self, mutation: &mut Mutation, fresh: &mut FreshStrings) {
+        if let Mutation::Register(registration) = mutation {
+            self.index.intern(&mut registration.fields, fresh);
+        }
     }
 
-    fn put_owned(&mut self, mut stored: Instance, revision: u64) {
-        let slot = match self.by_id.get(stored.id(), &self.slots) {
+    /// Stores `instance` in its slot and indexes it. The record is kept as it is when its
+    /// strings are the index's own (an interned registration, a health change, a restart's
+    /// decoded records); otherwise a copy with the index's strings is stored, so equal
+    /// strings are held once and the caller's copy is untouched.
+    fn put(&mut self, mut instance: Arc<Instance>, revision: u64) {
+        let mut shared = true;
+        let slot = match self.by_id.get(instance.id(), &self.slots) {
             Some(slot) => {
                 let old = self.slots.get_mut(slot as usize).and_then(Option::take);
                 match old {
-                    Some(old) if old.fields == stored.fields => {
+                    Some(old) if old.fields == instance.fields => {
                         // Only health or revisions changed: move one posting instead of all.
-                        self.index.set_health(slot, old.health, stored.health);
-                        stored.fields = old.fields.clone();
+                        self.index.set_health(slot, old.health, instance.health);
+                        if !same_strings(&old.fields, &instance.fields) {
+                            let mut stored = Instance::clone(&instance);
+                            stored.fields = old.fields.clone();
+                            instance = Arc::new(stored);
+                        }
                     }
                     Some(old) => {
                         self.index.remove(slot, &old);
-                        self.index.insert(slot, &mut stored.fields, stored.health);
+                        shared = self.index.insert(slot, &instance.fields, instance.health);
                         if !old
                             .fields
                             .service
-                            .eq_ignore_ascii_case(&stored.fields.service)
+                            .eq_ignore_ascii_case(&instance.fields.service)
                         {
                             self.order_remove(&old.fields.service, slot, old.id());
-                            self.order_insert(&stored.fields.service, slot, stored.id());
+                            self.order_insert(&instance.fields.service, slot, instance.id());
                             self.forget_service_if_empty(&old.fields.service);
                             self.touch_service(&old.fields.service, revision);
                         }
                     }
                     None => {
                         debug_assert!(false, "slot {slot} of a known id is empty");
-                        self.index.insert(slot, &mut stored.fields, stored.health);
-                        self.order_insert(&stored.fields.service, slot, stored.id());
+                        shared = self.index.insert(slot, &instance.fields, instance.health);
+                        self.order_insert(&instance.fields.service, slot, instance.id());
                     }
                 }
                 slot
@@ -403,26 +419,47 @@ impl Registry {
                         (self.slots.len() - 1) as u32
                     }
                 };
-                self.index.insert(slot, &mut stored.fields, stored.health);
-                self.order_insert(&stored.fields.service, slot, stored.id());
-                self.by_id.insert(stored.id(), slot, &self.slots);
+                shared = self.index.insert(slot, &instance.fields, instance.health);
+                self.order_insert(&instance.fields.service, slot, instance.id());
+                self.by_id.insert(instance.id(), slot, &self.slots);
                 slot
             }
         };
-        let key = service_key(&stored.fields.service);
-        if !self.sorted_services.contains(&key) {
-            self.sorted_services.insert(key);
+        if !shared {
+            // Every value has a key now; take the keys (in place when nobody else holds it).
+            let mut fresh = FreshStrings::default();
+            match Arc::get_mut(&mut instance) {
+                Some(owned) => self.index.intern(&mut owned.fields, &mut fresh),
+                None => {
+                    let mut owned = Instance::clone(&instance);
+                    self.index.intern(&mut owned.fields, &mut fresh);
+                    instance = Arc::new(owned);
+                }
+            }
         }
-        self.touch_service(&stored.fields.service, revision);
+        if !self
+            .sorted_services
+            .contains(&*service_key(&instance.fields.service))
+        {
+            self.sorted_services
+                .insert(service_key_text(&instance.fields.service));
+        }
+        self.touch_service(&instance.fields.service, revision);
         if let Some(entry) = self.slots.get_mut(slot as usize) {
-            *entry = Some(Arc::new(stored));
+            *entry = Some(instance);
         }
     }
 
     /// Puts `slot` into its service's id order (the slot itself is not yet readable).
-    fn order_insert(&mut self, service: &str, slot: u32, id: &str) {
+    fn order_insert(&mut self, service: &Text, slot: u32, id: &str) {
         let slots = &self.slots;
-        let list = self.service_order.entry(service_key(service)).or_default();
+        let list = match self.service_order.get_mut(&*service_key(service)) {
+            Some(list) => list,
+            None => self
+                .service_order
+                .entry(service_key_text(service))
+                .or_default(),
+        };
         let position = list.partition_point(|s| {
             slots
                 .get(*s as usize)
@@ -436,7 +473,7 @@ impl Registry {
     fn order_remove(&mut self, service: &str, slot: u32, id: &str) {
         let key = service_key(service);
         let slots = &self.slots;
-        let Some(list) = self.service_order.get_mut(key.as_str()) else {
+        let Some(list) = self.service_order.get_mut(&*key) else {
             return;
         };
         let position = list.partition_point(|s| {
@@ -455,20 +492,24 @@ impl Registry {
             list.retain(|s| *s != slot);
         }
         if list.is_empty() {
-            self.service_order.remove(key.as_str());
+            self.service_order.remove(&*key);
         }
     }
 
     fn touch_service(&mut self, service: &str, revision: u64) {
         let key = service_key(service);
-        let entry = self.service_revisions.entry(key).or_insert(0);
-        *entry = (*entry).max(revision);
+        match self.service_revisions.get_mut(&*key) {
+            Some(entry) => *entry = (*entry).max(revision),
+            None => {
+                self.service_revisions.insert(Text::from(&*key), revision);
+            }
+        }
     }
 
     fn forget_service_if_empty(&mut self, service: &str) {
         let key = service_key(service);
-        if !self.index.services.contains_key(&key) {
-            self.sorted_services.remove(&key);
+        if !self.index.services.contains_key(&*key) {
+            self.sorted_services.remove(&*key);
         }
     }
 
@@ -579,7 +620,7 @@ impl Registry {
         limit: usize,
     ) -> (Vec<Arc<Instance>>, bool) {
         let key = service_key(service);
-        let Some(list) = self.service_order.get(key.as_str()) else {
+        let Some(list) = self.service_order.get(&*key) else {
             return (Vec::new(), false);
         };
         let start = match cursor {
@@ -682,7 +723,7 @@ impl Registry {
                 &mut fixed,
                 &empty,
                 format!("service={service}"),
-                self.index.services.get(service_key(service).as_str()),
+                self.index.services.get(&*service_key(service)),
             );
         }
         if let Some(environment) = &query.environment {
@@ -878,7 +919,7 @@ impl Registry {
 
     /// The summary of one service (case-insensitive), if it has live instances.
     pub fn service(&self, name: &str) -> Option<ServiceSummary> {
-        let bitmap = self.index.services.get(service_key(name).as_str())?;
+        let bitmap = self.index.services.get(&*service_key(name))?;
         Some(self.summarise(bitmap))
     }
 
@@ -1055,6 +1096,24 @@ fn record_bytes(instance: &Instance) -> u64 {
         + round(fields.address.capacity())
         + round(fields.tags.len() * std::mem::size_of::<Text>())
         + round(fields.meta.len() * 2 * std::mem::size_of::<Text>())
+}
+
+/// Whether two equal sets of fields hold the very same strings (not copies).
+fn same_strings(a: &InstanceFields, b: &InstanceFields) -> bool {
+    let same = |x: &Text, y: &Text| Text::ptr_eq(x, y);
+    let same_option = |x: &Option<Text>, y: &Option<Text>| match (x, y) {
+        (Some(x), Some(y)) => same(x, y),
+        _ => true,
+    };
+    same(&a.service, &b.service)
+        && a.tags.iter().zip(b.tags.iter()).all(|(x, y)| same(x, y))
+        && same_option(&a.version, &b.version)
+        && same_option(&a.environment, &b.environment)
+        && same_option(&a.region, &b.region)
+        && a.meta
+            .iter()
+            .zip(b.meta.iter())
+            .all(|((xk, xv), (yk, yv))| same(xk, yk) && same(xv, yv))
 }
 
 /// Whether an instance breaks the (possibly lowered) size limits.

@@ -2158,3 +2158,66 @@ fn loaded_ids_outside_the_validation_rule_are_found() {
     assert!(registry.get("E\u{301}").is_none());
     assert!(registry.get("日本").is_none());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Interning before apply (no copy of the record)
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn interned_registrations_are_stored_without_a_copy_and_share_new_strings() {
+    let mut registry = Registry::new();
+    let mut fresh = FreshStrings::default();
+    let with_tags = |id: &str| {
+        draft_with(id, "Brand-New", |d| {
+            d.tags = strings(&["new-tag", "other"]);
+            d.version = Some("9.9.9".to_string());
+            d.meta = meta_of(&[("team", "new-team")]);
+        })
+    };
+    // Two registrations of one batch, both prepared before either is applied.
+    let mut first = Mutation::Register(registration(with_tags("a")));
+    let mut second = Mutation::Register(registration(with_tags("b")));
+    registry.intern(&mut first, &mut fresh);
+    registry.intern(&mut second, &mut fresh);
+    let changes: Vec<Change> = [(first, 1), (second, 2)]
+        .into_iter()
+        .filter_map(|(m, rev)| resolve(None, m, rev, 0).ok().flatten())
+        .collect();
+    let resolved: Vec<Arc<Instance>> = changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Put(instance) => Some(Arc::clone(instance)),
+            Change::Remove { .. } => None,
+        })
+        .collect();
+    for change in changes {
+        registry.apply(change);
+    }
+    let a = Arc::clone(registry.get("a").expect("a"));
+    let b = Arc::clone(registry.get("b").expect("b"));
+    assert!(Arc::ptr_eq(&a, &resolved[0]), "stored as resolved");
+    assert!(Arc::ptr_eq(&b, &resolved[1]), "stored as resolved");
+    assert!(Text::ptr_eq(&a.fields.tags[0], &b.fields.tags[0]));
+    assert!(Text::ptr_eq(&a.fields.service, &b.fields.service));
+    let (a_key, a_value) = a.fields.meta.iter().next().expect("meta");
+    let (b_key, b_value) = b.fields.meta.iter().next().expect("meta");
+    assert!(Text::ptr_eq(a_key, b_key) && Text::ptr_eq(a_value, b_value));
+
+    // Not prepared: stored as an interned copy, the caller's record untouched.
+    let unprepared = registration(with_tags("c"));
+    let caller = match resolve(None, Mutation::Register(unprepared), 3, 0) {
+        Ok(Some(Change::Put(instance))) => instance,
+        other => panic!("unexpected {other:?}"),
+    };
+    registry.apply(Change::Put(Arc::clone(&caller)));
+    let c = registry.get("c").expect("c");
+    assert!(!Arc::ptr_eq(c, &caller));
+    assert!(Text::ptr_eq(&c.fields.tags[0], &a.fields.tags[0]));
+    assert!(!Text::ptr_eq(&caller.fields.tags[0], &a.fields.tags[0]));
+    assert_eq!(c.fields, caller.fields);
+    let q = Query {
+        tags_all: vec!["new-tag".to_string()],
+        ..Query::default()
+    };
+    assert_eq!(registry.count(&q), 3);
+}
