@@ -9,6 +9,8 @@
 //! strings are held once however many instances carry them.
 //! This module knows nothing of queries or revisions.
 
+use std::borrow::Cow;
+
 use hashbrown::HashMap;
 use roaring::RoaringBitmap;
 use semver::Version;
@@ -44,28 +46,64 @@ pub(crate) struct Index {
 }
 
 /// Lower-cases a service name into its index key (service names are ASCII by validation).
-pub(crate) fn service_key(service: &str) -> Text {
+pub(crate) fn service_key(service: &str) -> Cow<'_, str> {
     if service.bytes().any(|b| b.is_ascii_uppercase()) {
-        Text::from(service.to_ascii_lowercase())
+        Cow::Owned(service.to_ascii_lowercase())
     } else {
-        Text::from(service)
+        Cow::Borrowed(service)
     }
 }
 
-/// Adds `slot` to the posting list of `value` and returns the index's copy of the value.
-fn add(postings: &mut Postings, value: &Text, slot: u32) -> Text {
-    match postings.get_key_value_mut(value.as_ref()) {
+/// [`service_key`] as a shared string: the name itself when it is already lower-case (no
+/// copy), else a lower-cased copy.
+pub(crate) fn service_key_text(service: &Text) -> Text {
+    match service_key(service) {
+        Cow::Borrowed(_) => Text::clone(service),
+        Cow::Owned(lower) => Text::from(lower),
+    }
+}
+
+/// Adds `slot` to the posting list of `value`; returns whether `value` is the index's own
+/// copy of the string (a new value becomes the key as it is).
+fn add(postings: &mut Postings, value: &Text, slot: u32) -> bool {
+    match postings.get_key_value_mut(value.as_str()) {
         Some((key, bitmap)) => {
             bitmap.insert(slot);
-            Text::clone(key)
+            Text::ptr_eq(key, value)
         }
         None => {
             let mut bitmap = RoaringBitmap::new();
             bitmap.insert(slot);
             postings.insert(Text::clone(value), bitmap);
-            Text::clone(value)
+            true
         }
     }
+}
+
+/// The index's copy of `value`, if the dimension has it.
+fn interned(postings: &Postings, value: &Text) -> Option<Text> {
+    postings
+        .get_key_value(value.as_str())
+        .map(|(key, _)| Text::clone(key))
+}
+
+/// Replaces `value` by the index's copy, else by the copy in `fresh` (strings first seen in
+/// the same batch of writes), else records it in `fresh`.
+fn share(known: Option<Text>, value: &mut Text, fresh: &mut FreshStrings) {
+    if let Some(known) = known {
+        *value = known;
+    } else if let Some(seen) = fresh.strings.get(value.as_str()) {
+        *value = Text::clone(seen);
+    } else {
+        fresh.strings.insert(Text::clone(value));
+    }
+}
+
+/// Strings that writes of one batch share before they reach the index, so a value new to the
+/// index is held once however many of the batch's instances carry it.
+#[derive(Debug, Default)]
+pub struct FreshStrings {
+    strings: hashbrown::HashSet<Text>,
 }
 
 fn remove(postings: &mut Postings, value: &str, slot: u32) {
@@ -79,29 +117,28 @@ fn remove(postings: &mut Postings, value: &str, slot: u32) {
 
 /// Shrinks a map whose capacity is far above its length, so churn does not leave it bloated.
 fn compact<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
-    if map.capacity() > 64 && map.len() < map.capacity() / 4 {
+    if map.is_empty() || (map.capacity() > 64 && map.len() < map.capacity() / 4) {
         map.shrink_to_fit();
     }
 }
 
 impl Index {
-    /// Adds every posting of an instance at `slot`, replacing its strings by the index's
-    /// interned copies.
-    pub(crate) fn insert(&mut self, slot: u32, fields: &mut InstanceFields, health: Health) {
+    /// Adds every posting of an instance at `slot`. Returns whether every string of the
+    /// record is the index's own copy; if not, the caller replaces them with [`Index::intern`]
+    /// (after this insert every value has a key).
+    pub(crate) fn insert(&mut self, slot: u32, fields: &InstanceFields, health: Health) -> bool {
         self.all.insert(slot);
-        let key = service_key(&fields.service);
-        let interned = add(&mut self.services, &key, slot);
-        if interned.as_ref() == fields.service.as_ref() {
-            fields.service = interned;
+        let key = service_key_text(&fields.service);
+        // A mixed-case name is its own string; the key is its lower-cased copy.
+        let mut shared = add(&mut self.services, &key, slot) || key != fields.service;
+        for tag in fields.tags.iter() {
+            shared &= add(&mut self.tags, tag, slot);
         }
-        for tag in &mut fields.tags {
-            *tag = add(&mut self.tags, tag, slot);
-        }
-        if let Some(version) = &mut fields.version {
-            match self.versions.get_key_value_mut(version.as_ref()) {
+        if let Some(version) = &fields.version {
+            match self.versions.get_key_value_mut(version.as_str()) {
                 Some((key, posting)) => {
                     posting.slots.insert(slot);
-                    *version = Text::clone(key);
+                    shared &= Text::ptr_eq(key, version);
                 }
                 None => {
                     let mut posting = VersionPosting {
@@ -113,18 +150,61 @@ impl Index {
                 }
             }
         }
-        if let Some(environment) = &mut fields.environment {
-            *environment = add(&mut self.environments, environment, slot);
+        if let Some(environment) = &fields.environment {
+            shared &= add(&mut self.environments, environment, slot);
         }
-        if let Some(region) = &mut fields.region {
-            *region = add(&mut self.regions, region, slot);
+        if let Some(region) = &fields.region {
+            shared &= add(&mut self.regions, region, slot);
         }
-        for (key, value) in fields.meta.pairs_mut() {
-            *key = add(&mut self.meta_keys, key, slot);
-            let values = self.meta_values.entry(Text::clone(key)).or_default();
-            *value = add(values, value, slot);
+        for (key, value) in fields.meta.iter() {
+            shared &= add(&mut self.meta_keys, key, slot);
+            let values = match self.meta_values.get_mut(key.as_str()) {
+                Some(values) => values,
+                None => self.meta_values.entry(Text::clone(key)).or_default(),
+            };
+            shared &= add(values, value, slot);
         }
         self.health[health.slot()].insert(slot);
+        shared
+    }
+
+    /// Replaces the strings of `fields` by the index's copies where it has them, else by the
+    /// batch's (`fresh`). Read-only on the index, so writes can be prepared under a read lock.
+    pub(crate) fn intern(&self, fields: &mut InstanceFields, fresh: &mut FreshStrings) {
+        // A mixed-case name is not a key (the key is lower-cased), so only the batch shares it.
+        let known = match service_key(&fields.service) {
+            Cow::Borrowed(_) => interned(&self.services, &fields.service),
+            Cow::Owned(_) => None,
+        };
+        share(known, &mut fields.service, fresh);
+        for tag in fields.tags.iter_mut() {
+            share(interned(&self.tags, tag), tag, fresh);
+        }
+        if let Some(version) = &mut fields.version {
+            let known = self
+                .versions
+                .get_key_value(version.as_str())
+                .map(|(key, _)| Text::clone(key));
+            share(known, version, fresh);
+        }
+        if let Some(environment) = &mut fields.environment {
+            share(
+                interned(&self.environments, environment),
+                environment,
+                fresh,
+            );
+        }
+        if let Some(region) = &mut fields.region {
+            share(interned(&self.regions, region), region, fresh);
+        }
+        for (key, value) in fields.meta.pairs_mut() {
+            share(interned(&self.meta_keys, key), key, fresh);
+            let known = self
+                .meta_values
+                .get(key.as_str())
+                .and_then(|values| interned(values, value));
+            share(known, value, fresh);
+        }
     }
 
     /// Removes every posting of `instance` at `slot`; empty values disappear.
@@ -136,10 +216,10 @@ impl Index {
             remove(&mut self.tags, tag, slot);
         }
         if let Some(version) = &fields.version {
-            if let Some(posting) = self.versions.get_mut(version.as_ref()) {
+            if let Some(posting) = self.versions.get_mut(version.as_str()) {
                 posting.slots.remove(slot);
                 if posting.slots.is_empty() {
-                    self.versions.remove(version.as_ref());
+                    self.versions.remove(version.as_str());
                 }
             }
         }
@@ -151,10 +231,10 @@ impl Index {
         }
         for (key, value) in fields.meta.iter() {
             remove(&mut self.meta_keys, key, slot);
-            if let Some(values) = self.meta_values.get_mut(key.as_ref()) {
+            if let Some(values) = self.meta_values.get_mut(key.as_str()) {
                 remove(values, value, slot);
                 if values.is_empty() {
-                    self.meta_values.remove(key.as_ref());
+                    self.meta_values.remove(key.as_str());
                 }
             }
         }
@@ -193,36 +273,123 @@ impl Index {
             + 3
     }
 
-    /// Estimated heap bytes of the index: bitmap payloads, keys and map entries.
-    pub(crate) fn memory_bytes(&self) -> u64 {
-        const ENTRY_OVERHEAD: u64 = 64;
-        fn bitmap_bytes(bitmap: &RoaringBitmap) -> u64 {
-            bitmap.serialized_size() as u64
-        }
+    /// Estimated heap bytes of the posting lists, per dimension: bitmaps, keys and hash
+    /// table buckets (see [`bitmap_bytes`] and [`table_bytes`]). The estimate follows from
+    /// the content alone (the layout a list or table has when grown to its size), so it comes
+    /// back to the same figure when churn brings the content back; spare capacity left by
+    /// a larger past (a table that once held more values) is not in it.
+    pub(crate) fn memory(&self) -> PostingMemory {
         fn postings_bytes(postings: &Postings) -> u64 {
-            postings
-                .iter()
-                .map(|(key, bitmap)| key.len() as u64 + bitmap_bytes(bitmap) + ENTRY_OVERHEAD)
-                .sum()
+            table_bytes::<Text, RoaringBitmap>(postings.len())
+                + postings
+                    .iter()
+                    .map(|(key, bitmap)| text_bytes(key) + bitmap_bytes(bitmap))
+                    .sum::<u64>()
         }
-        bitmap_bytes(&self.all)
-            + postings_bytes(&self.services)
-            + postings_bytes(&self.tags)
-            + self
-                .versions
-                .iter()
-                .map(|(key, posting)| {
-                    key.len() as u64 + bitmap_bytes(&posting.slots) + ENTRY_OVERHEAD + 40
-                })
-                .sum::<u64>()
-            + postings_bytes(&self.environments)
-            + postings_bytes(&self.regions)
-            + postings_bytes(&self.meta_keys)
-            + self
-                .meta_values
-                .iter()
-                .map(|(key, values)| key.len() as u64 + ENTRY_OVERHEAD + postings_bytes(values))
-                .sum::<u64>()
-            + self.health.iter().map(bitmap_bytes).sum::<u64>()
+        PostingMemory {
+            all: bitmap_bytes(&self.all),
+            services: postings_bytes(&self.services),
+            tags: postings_bytes(&self.tags),
+            versions: table_bytes::<Text, VersionPosting>(self.versions.len())
+                + self
+                    .versions
+                    .iter()
+                    .map(|(key, posting)| text_bytes(key) + bitmap_bytes(&posting.slots))
+                    .sum::<u64>(),
+            environments: postings_bytes(&self.environments),
+            regions: postings_bytes(&self.regions),
+            meta_keys: postings_bytes(&self.meta_keys),
+            meta_values: table_bytes::<Text, Postings>(self.meta_values.len())
+                + self
+                    .meta_values
+                    .iter()
+                    .map(|(key, values)| text_bytes(key) + postings_bytes(values))
+                    .sum::<u64>(),
+            health: self.health.iter().map(bitmap_bytes).sum(),
+        }
     }
+}
+
+/// Estimated heap bytes of the posting lists, per dimension.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PostingMemory {
+    /// The list of every live slot.
+    pub all: u64,
+    /// Service lists and their (lower-cased) names.
+    pub services: u64,
+    /// Tag lists and the tags.
+    pub tags: u64,
+    /// Version lists, the version strings and their parsed semver.
+    pub versions: u64,
+    /// Environment lists.
+    pub environments: u64,
+    /// Region lists.
+    pub regions: u64,
+    /// Meta key presence lists and the keys.
+    pub meta_keys: u64,
+    /// Meta key=value lists and the values.
+    pub meta_values: u64,
+    /// The three health lists.
+    pub health: u64,
+}
+
+impl PostingMemory {
+    /// All dimensions together.
+    pub fn total(&self) -> u64 {
+        self.all
+            + self.services
+            + self.tags
+            + self.versions
+            + self.environments
+            + self.regions
+            + self.meta_keys
+            + self.meta_values
+            + self.health
+    }
+}
+
+/// Bytes of one roaring container in its bitmap's container vector (key and store enum; 40
+/// in roaring 0.12, checked against a counting allocator).
+const CONTAINER_BYTES: u64 = 40;
+/// Bytes of a bitset container's payload (65,536 bits).
+const BITSET_BYTES: u64 = 8192;
+
+/// Estimated heap bytes of a roaring bitmap: its container vector (which grows by doubling
+/// from 4) and each container's payload (2 bytes per element of an array, 8 KiB per bitset,
+/// 4 bytes per run).
+pub(crate) fn bitmap_bytes(bitmap: &RoaringBitmap) -> u64 {
+    let stats = bitmap.statistics();
+    let containers = u64::from(stats.n_containers);
+    if containers == 0 {
+        return 0;
+    }
+    let arrays = u64::from(stats.n_values_array_containers) * 2;
+    let bitsets = u64::from(stats.n_bitset_containers) * BITSET_BYTES;
+    // roaring reports a run container's size as 2 bytes plus 4 per run.
+    let run_containers = u64::from(stats.n_run_containers);
+    let runs = stats
+        .n_bytes_run_containers
+        .saturating_sub(2 * run_containers);
+    containers.max(4).next_power_of_two() * CONTAINER_BYTES + arrays + bitsets + runs
+}
+
+/// Estimated heap bytes of a hashbrown table of `entries` entries of `(K, V)`, as sized by
+/// growing to them: its buckets (a power of two, at most 7/8 full) with one control byte each,
+/// plus one group of trailing control bytes.
+pub(crate) fn table_bytes<K, V>(entries: usize) -> u64 {
+    if entries == 0 {
+        return 0;
+    }
+    let buckets = if entries < 8 {
+        (entries + 1).next_power_of_two()
+    } else {
+        (entries * 8).div_ceil(7).next_power_of_two()
+    };
+    (buckets * (std::mem::size_of::<(K, V)>() + 1) + 16) as u64
+}
+
+/// Heap bytes of one shared string: a 16-byte header (reference counts) and the bytes,
+/// rounded to the allocator's 8-byte granularity.
+pub(crate) fn text_bytes(text: &str) -> u64 {
+    (16 + text.len()).next_multiple_of(8) as u64
 }

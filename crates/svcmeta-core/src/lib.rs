@@ -17,6 +17,7 @@ mod version;
 
 pub use cache::{CachedPage, QueryCache, Renderings, DEFAULT_RENDERED_BYTES};
 pub use event::{Event, EventKind};
+pub use index::{FreshStrings, PostingMemory};
 pub use model::{
     format_duration_ms, parse_duration_ms, Health, Instance, InstanceDraft, InstanceFields, Meta,
     Registration, Text,
@@ -28,7 +29,8 @@ pub use query::{
 };
 pub use query::{Cursor, CursorError, MetaCriterion, Page, PlanStep, Query, QueryAnswer};
 pub use registry::{
-    resolve, Change, IndexStats, Mutation, MutationError, Registry, ServiceSummary, ValueCount,
+    resolve, Change, IndexStats, MemoryBreakdown, Mutation, MutationError, Registry,
+    ServiceSummary, ValueCount,
 };
 pub use validate::{
     slug_is_valid, validate, version_is_valid, Limits, RequiredField, ValidationErrors,

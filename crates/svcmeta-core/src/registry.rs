@@ -15,8 +15,10 @@ use std::sync::Arc;
 use roaring::RoaringBitmap;
 use serde::Serialize;
 
-use crate::index::{service_key, Index};
-use crate::model::{Health, Instance, Registration, Text};
+use crate::index::{
+    service_key, service_key_text, table_bytes, FreshStrings, Index, PostingMemory,
+};
+use crate::model::{Health, Instance, InstanceFields, Registration, Text};
 use crate::query::{Cursor, MetaCriterion, NodeInfo, Page, PlanStep, Query, QueryAnswer};
 use crate::validate::Limits;
 use crate::version::VersionCriterion;
@@ -248,7 +250,7 @@ pub struct Registry {
     /// Free slots, reused before the slot vector grows.
     free: Vec<u32>,
     /// Instance id → slot.
-    by_id: HashMap<Box<str>, u32>,
+    by_id: IdMap,
     index: Index,
     /// Lower-cased service names, sorted: the first key of the result order.
     sorted_services: BTreeSet<Text>,
@@ -316,7 +318,7 @@ impl Registry {
 
     /// The instance with this id.
     pub fn get(&self, id: &str) -> Option<&Arc<Instance>> {
-        let slot = *self.by_id.get(id)?;
+        let slot = self.by_id.get(id, &self.slots)?;
         self.slots.get(slot as usize)?.as_ref()
     }
 
@@ -331,7 +333,7 @@ impl Registry {
         match change {
             Change::Put(instance) => self.put(instance, revision),
             Change::Remove { id, service, .. } => {
-                if let Some(slot) = self.by_id.remove(id.as_str()) {
+                if let Some(slot) = self.by_id.remove(id.as_str(), &self.slots) {
                     if let Some(old) = self.slots.get_mut(slot as usize).and_then(Option::take) {
                         self.index.remove(slot, &old);
                         self.order_remove(&old.fields.service, slot, old.id());
@@ -354,43 +356,57 @@ impl Registry {
     /// restart. The revision rises to the instance's own.
     pub fn load(&mut self, instance: Instance) {
         let revision = instance.modify_revision;
-        self.put_owned(instance, revision);
+        self.put(Arc::new(instance), revision);
         self.revision = self.revision.max(revision);
     }
 
-    fn put(&mut self, instance: Arc<Instance>, revision: u64) {
-        // The stored copy gets the index's interned strings; the caller's copy is untouched.
-        self.put_owned(Instance::clone(&instance), revision);
+    /// Replaces the strings of a registration by the copies the index already holds, or by
+    /// those of earlier registrations prepared with the same `fresh` (one batch of writes).
+    /// A registration prepared this way is stored as it is, without a copy, when applied
+    /// before the index changes; any other is copied once and interned then.
+    pub fn intern(&self, mutation: &mut Mutation, fresh: &mut FreshStrings) {
+        if let Mutation::Register(registration) = mutation {
+            self.index.intern(&mut registration.fields, fresh);
+        }
     }
 
-    fn put_owned(&mut self, mut stored: Instance, revision: u64) {
-        let slot = match self.by_id.get(stored.id()) {
-            Some(&slot) => {
+    /// Stores `instance` in its slot and indexes it. The record is kept as it is when its
+    /// strings are the index's own (an interned registration, a health change, a restart's
+    /// decoded records); otherwise a copy with the index's strings is stored, so equal
+    /// strings are held once and the caller's copy is untouched.
+    fn put(&mut self, mut instance: Arc<Instance>, revision: u64) {
+        let mut shared = true;
+        let slot = match self.by_id.get(instance.id(), &self.slots) {
+            Some(slot) => {
                 let old = self.slots.get_mut(slot as usize).and_then(Option::take);
                 match old {
-                    Some(old) if old.fields == stored.fields => {
+                    Some(old) if old.fields == instance.fields => {
                         // Only health or revisions changed: move one posting instead of all.
-                        self.index.set_health(slot, old.health, stored.health);
-                        stored.fields = old.fields.clone();
+                        self.index.set_health(slot, old.health, instance.health);
+                        if !same_strings(&old.fields, &instance.fields) {
+                            let mut stored = Instance::clone(&instance);
+                            stored.fields = old.fields.clone();
+                            instance = Arc::new(stored);
+                        }
                     }
                     Some(old) => {
                         self.index.remove(slot, &old);
-                        self.index.insert(slot, &mut stored.fields, stored.health);
+                        shared = self.index.insert(slot, &instance.fields, instance.health);
                         if !old
                             .fields
                             .service
-                            .eq_ignore_ascii_case(&stored.fields.service)
+                            .eq_ignore_ascii_case(&instance.fields.service)
                         {
                             self.order_remove(&old.fields.service, slot, old.id());
-                            self.order_insert(&stored.fields.service, slot, stored.id());
+                            self.order_insert(&instance.fields.service, slot, instance.id());
                             self.forget_service_if_empty(&old.fields.service);
                             self.touch_service(&old.fields.service, revision);
                         }
                     }
                     None => {
                         debug_assert!(false, "slot {slot} of a known id is empty");
-                        self.index.insert(slot, &mut stored.fields, stored.health);
-                        self.order_insert(&stored.fields.service, slot, stored.id());
+                        shared = self.index.insert(slot, &instance.fields, instance.health);
+                        self.order_insert(&instance.fields.service, slot, instance.id());
                     }
                 }
                 slot
@@ -403,26 +419,47 @@ impl Registry {
                         (self.slots.len() - 1) as u32
                     }
                 };
-                self.index.insert(slot, &mut stored.fields, stored.health);
-                self.order_insert(&stored.fields.service, slot, stored.id());
-                self.by_id.insert(stored.id().into(), slot);
+                shared = self.index.insert(slot, &instance.fields, instance.health);
+                self.order_insert(&instance.fields.service, slot, instance.id());
+                self.by_id.insert(instance.id(), slot, &self.slots);
                 slot
             }
         };
-        let key = service_key(&stored.fields.service);
-        if !self.sorted_services.contains(&key) {
-            self.sorted_services.insert(key);
+        if !shared {
+            // Every value has a key now; take the keys (in place when nobody else holds it).
+            let mut fresh = FreshStrings::default();
+            match Arc::get_mut(&mut instance) {
+                Some(owned) => self.index.intern(&mut owned.fields, &mut fresh),
+                None => {
+                    let mut owned = Instance::clone(&instance);
+                    self.index.intern(&mut owned.fields, &mut fresh);
+                    instance = Arc::new(owned);
+                }
+            }
         }
-        self.touch_service(&stored.fields.service, revision);
+        if !self
+            .sorted_services
+            .contains(&*service_key(&instance.fields.service))
+        {
+            self.sorted_services
+                .insert(service_key_text(&instance.fields.service));
+        }
+        self.touch_service(&instance.fields.service, revision);
         if let Some(entry) = self.slots.get_mut(slot as usize) {
-            *entry = Some(Arc::new(stored));
+            *entry = Some(instance);
         }
     }
 
     /// Puts `slot` into its service's id order (the slot itself is not yet readable).
-    fn order_insert(&mut self, service: &str, slot: u32, id: &str) {
+    fn order_insert(&mut self, service: &Text, slot: u32, id: &str) {
         let slots = &self.slots;
-        let list = self.service_order.entry(service_key(service)).or_default();
+        let list = match self.service_order.get_mut(&*service_key(service)) {
+            Some(list) => list,
+            None => self
+                .service_order
+                .entry(service_key_text(service))
+                .or_default(),
+        };
         let position = list.partition_point(|s| {
             slots
                 .get(*s as usize)
@@ -436,7 +473,7 @@ impl Registry {
     fn order_remove(&mut self, service: &str, slot: u32, id: &str) {
         let key = service_key(service);
         let slots = &self.slots;
-        let Some(list) = self.service_order.get_mut(key.as_ref()) else {
+        let Some(list) = self.service_order.get_mut(&*key) else {
             return;
         };
         let position = list.partition_point(|s| {
@@ -455,20 +492,24 @@ impl Registry {
             list.retain(|s| *s != slot);
         }
         if list.is_empty() {
-            self.service_order.remove(key.as_ref());
+            self.service_order.remove(&*key);
         }
     }
 
     fn touch_service(&mut self, service: &str, revision: u64) {
         let key = service_key(service);
-        let entry = self.service_revisions.entry(key).or_insert(0);
-        *entry = (*entry).max(revision);
+        match self.service_revisions.get_mut(&*key) {
+            Some(entry) => *entry = (*entry).max(revision),
+            None => {
+                self.service_revisions.insert(Text::from(&*key), revision);
+            }
+        }
     }
 
     fn forget_service_if_empty(&mut self, service: &str) {
         let key = service_key(service);
-        if !self.index.services.contains_key(&key) {
-            self.sorted_services.remove(&key);
+        if !self.index.services.contains_key(&*key) {
+            self.sorted_services.remove(&*key);
         }
     }
 
@@ -479,7 +520,7 @@ impl Registry {
         self.slots.shrink_to_fit();
         self.free.clear();
         self.free.shrink_to_fit();
-        self.by_id.shrink_to_fit();
+        self.by_id.shrink_to_fit(&self.slots);
         self.index.compact_all();
     }
 
@@ -579,7 +620,7 @@ impl Registry {
         limit: usize,
     ) -> (Vec<Arc<Instance>>, bool) {
         let key = service_key(service);
-        let Some(list) = self.service_order.get(key.as_ref()) else {
+        let Some(list) = self.service_order.get(&*key) else {
             return (Vec::new(), false);
         };
         let start = match cursor {
@@ -620,7 +661,7 @@ impl Registry {
         let start = cursor.map(|c| c.service_key.as_str()).unwrap_or("");
         let range = (std::ops::Bound::Included(start), std::ops::Bound::Unbounded);
         for service in self.sorted_services.range::<str, _>(range) {
-            let Some(bitmap) = self.index.services.get(service.as_ref()) else {
+            let Some(bitmap) = self.index.services.get(service.as_str()) else {
                 continue;
             };
             let part = candidates & bitmap;
@@ -646,7 +687,7 @@ impl Registry {
                     .any(|next| {
                         self.index
                             .services
-                            .get(next.as_ref())
+                            .get(next.as_str())
                             .is_some_and(|b| !b.is_disjoint(candidates))
                     });
                 return (out, more);
@@ -682,7 +723,7 @@ impl Registry {
                 &mut fixed,
                 &empty,
                 format!("service={service}"),
-                self.index.services.get(service_key(service).as_ref()),
+                self.index.services.get(&*service_key(service)),
             );
         }
         if let Some(environment) = &query.environment {
@@ -878,7 +919,7 @@ impl Registry {
 
     /// The summary of one service (case-insensitive), if it has live instances.
     pub fn service(&self, name: &str) -> Option<ServiceSummary> {
-        let bitmap = self.index.services.get(service_key(name).as_ref())?;
+        let bitmap = self.index.services.get(&*service_key(name))?;
         Some(self.summarise(bitmap))
     }
 
@@ -970,16 +1011,109 @@ impl Registry {
         }
     }
 
-    /// Estimated bytes held by the indexes and the id map (not the instance records).
+    /// Estimated bytes held by the indexes: posting lists, the id map, the slot table and
+    /// the per-service id orders (not the instance records). See [`MemoryBreakdown`].
     pub fn index_memory_bytes(&self) -> u64 {
-        let id_map: u64 = self.by_id.keys().map(|k| k.len() as u64 + 24).sum();
-        let order: u64 = self
-            .service_order
-            .values()
-            .map(|list| list.len() as u64 * 4 + 24)
-            .sum();
-        self.index.memory_bytes() + id_map + order + (self.slots.capacity() as u64 * 8)
+        self.memory_parts(false).index_total()
     }
+
+    /// Estimated heap bytes of the registry, part by part, records included (walks every
+    /// instance, so it costs a few milliseconds per 100,000 instances).
+    pub fn memory_breakdown(&self) -> MemoryBreakdown {
+        self.memory_parts(true)
+    }
+
+    fn memory_parts(&self, with_records: bool) -> MemoryBreakdown {
+        // Slots only: the ids are the records' own. The large tables are counted by their
+        // capacity (what they hold), the per-service structures by their content (so churn
+        // that brings the content back brings the figure back).
+        let id_map = table_bytes::<u32, ()>(self.by_id.capacity());
+        let service_order = table_bytes::<Text, Vec<u32>>(self.service_order.len())
+            + self
+                .service_order
+                .values()
+                .map(|list| list.len() as u64 * 4)
+                .sum::<u64>();
+        // A BTreeSet leaf holds up to 11 keys in about 200 bytes; the names are shared with
+        // the service posting lists.
+        let sorted_services = (self.sorted_services.len() as u64).div_ceil(11) * 200;
+        let service_revisions = table_bytes::<Text, u64>(self.service_revisions.len());
+        let records = if with_records {
+            self.instances()
+                .map(|instance| record_bytes(instance))
+                .sum()
+        } else {
+            0
+        };
+        MemoryBreakdown {
+            postings: self.index.memory(),
+            id_map,
+            slots: (self.slots.capacity() * std::mem::size_of::<Option<Arc<Instance>>>()
+                + self.free.len() * 4) as u64,
+            service_order: service_order + sorted_services,
+            service_revisions,
+            records,
+        }
+    }
+}
+
+/// Estimated heap bytes of the registry, part by part (hash tables by their capacity,
+/// vectors by theirs, roaring bitmaps by their containers).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct MemoryBreakdown {
+    /// The posting lists, per dimension, with their keys (the interned strings).
+    pub postings: PostingMemory,
+    /// Instance id → slot.
+    pub id_map: u64,
+    /// The slot table (one pointer per slot, free ones included) and the free-slot list.
+    pub slots: u64,
+    /// Each service's slots in id order, and the sorted service names.
+    pub service_order: u64,
+    /// The last revision of every service ever seen (tombstones included); bookkeeping for
+    /// blocking queries, not an index, so not in [`MemoryBreakdown::index_total`].
+    pub service_revisions: u64,
+    /// The instance records (the shared block, its id and address, tag and meta vectors;
+    /// interned strings are counted with the posting lists). Only [`Registry::memory_breakdown`]
+    /// fills it in; not in [`MemoryBreakdown::index_total`].
+    pub records: u64,
+}
+
+impl MemoryBreakdown {
+    /// What `index_memory_bytes` reports: posting lists, id map, slot table, service order.
+    pub fn index_total(&self) -> u64 {
+        self.postings.total() + self.id_map + self.slots + self.service_order
+    }
+}
+
+/// Heap bytes of one record, apart from the interned strings it shares with the index: the
+/// reference-counted block (two counts and the instance), the id and address strings, the tag
+/// and meta vectors, each rounded to 8 bytes.
+fn record_bytes(instance: &Instance) -> u64 {
+    let fields = &instance.fields;
+    let round = |bytes: usize| bytes.next_multiple_of(8) as u64;
+    round(16 + std::mem::size_of::<Instance>())
+        + round(fields.id.capacity())
+        + round(fields.address.capacity())
+        + round(fields.tags.len() * std::mem::size_of::<Text>())
+        + round(fields.meta.len() * 2 * std::mem::size_of::<Text>())
+}
+
+/// Whether two equal sets of fields hold the very same strings (not copies).
+fn same_strings(a: &InstanceFields, b: &InstanceFields) -> bool {
+    let same = |x: &Text, y: &Text| Text::ptr_eq(x, y);
+    let same_option = |x: &Option<Text>, y: &Option<Text>| match (x, y) {
+        (Some(x), Some(y)) => same(x, y),
+        _ => true,
+    };
+    same(&a.service, &b.service)
+        && a.tags.iter().zip(b.tags.iter()).all(|(x, y)| same(x, y))
+        && same_option(&a.version, &b.version)
+        && same_option(&a.environment, &b.environment)
+        && same_option(&a.region, &b.region)
+        && a.meta
+            .iter()
+            .zip(b.meta.iter())
+            .all(|((xk, xv), (yk, yv))| same(xk, yk) && same(xv, yv))
 }
 
 /// Whether an instance breaks the (possibly lowered) size limits.
@@ -1019,6 +1153,10 @@ fn is_after(instance: &Instance, cursor: &Cursor) -> bool {
         .then_with(|| instance.fields.id.as_str().cmp(cursor.id.as_str()))
         .is_gt()
 }
+
+mod id_map;
+
+use id_map::IdMap;
 
 #[cfg(test)]
 mod tests;

@@ -25,8 +25,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use hashbrown::HashMap;
 use svcmeta_core::{
-    resolve, CachedPage, Change, Event, Health, IndexStats, Instance, Limits, Mutation,
-    MutationError, Page, PlanStep, Query, QueryAnswer, QueryCache, Registry, ServiceSummary,
+    resolve, CachedPage, Change, Event, FreshStrings, Health, IndexStats, Instance, Limits,
+    Mutation, MutationError, Page, PlanStep, Query, QueryAnswer, QueryCache, Registry,
+    ServiceSummary,
 };
 use svcmeta_store::{Batch, LeaseClaim, Store, StoreError};
 use tokio::sync::{oneshot, watch};
@@ -881,6 +882,9 @@ impl Shared {
         // The state of ids written earlier in this batch.
         let mut overlay: HashMap<String, Option<Arc<Instance>>> = HashMap::new();
         let mut checked: hashbrown::HashSet<String> = hashbrown::HashSet::new();
+        // Registrations of the batch share the index's strings (and each other's new ones),
+        // so the registry stores them without copying.
+        let mut fresh = FreshStrings::default();
         for request in batch {
             let start_revision = revision;
             let start_live = live;
@@ -933,10 +937,11 @@ impl Shared {
                 current_of(&claim.id, &local, &mut local_checks);
             }
             let claim_only = request.claim.is_some();
-            for mutation in request.mutations {
+            for mut mutation in request.mutations {
                 if failure.is_some() {
                     break;
                 }
+                registry.intern(&mut mutation, &mut fresh);
                 let id = mutation.id().to_string();
                 let renews = matches!(mutation, Mutation::Register(_) | Mutation::Renew(_));
                 let current = current_of(&id, &local, &mut local_checks);

@@ -1241,7 +1241,9 @@ fn churn_does_not_grow_the_index() {
         h.register(synthetic(&mut rng, &format!("base-{n}"), 120));
     }
     let baseline = shape(&h.registry);
+    let baseline_memory = h.registry.memory_breakdown();
     let mut steady: Option<IndexStats> = None;
+    let mut steady_memory: Option<MemoryBreakdown> = None;
     for cycle in 0..TOTAL / CYCLE {
         let ids: Vec<String> = (0..CYCLE).map(|j| format!("churn-{cycle}-{j}")).collect();
         for id in &ids {
@@ -1255,23 +1257,44 @@ fn churn_does_not_grow_the_index() {
         assert_eq!(now.posting_lists, baseline.posting_lists, "cycle {cycle}");
         assert_eq!(now.distinct_tags, baseline.distinct_tags, "cycle {cycle}");
         assert_eq!(now.instances, baseline.instances);
+        // The slot table legitimately grows once, by one cycle's worth of slots; from then
+        // on every cycle must come back to exactly the same figures, apart from the id map,
+        // which may double once when inserts meet the tombstones of earlier removals
+        // (hashbrown then grows instead of rehashing in place).
+        let memory = h.registry.memory_breakdown();
+        let mut without_memory = now.clone();
+        without_memory.index_memory_bytes = 0;
         match &steady {
-            // The slot table legitimately grows once, by one cycle's worth of slots; from
-            // then on every cycle must come back to exactly the same figures.
-            None => steady = Some(now),
-            Some(steady) => assert_eq!(&now, steady, "cycle {cycle}"),
+            None => {
+                steady = Some(without_memory);
+                steady_memory = Some(memory);
+            }
+            Some(steady) => {
+                assert_eq!(&without_memory, steady, "cycle {cycle}");
+                let first = steady_memory.unwrap_or_default();
+                assert_eq!(memory.postings, first.postings, "cycle {cycle}");
+                assert_eq!(memory.slots, first.slots, "cycle {cycle}");
+                assert_eq!(memory.service_order, first.service_order, "cycle {cycle}");
+                assert_eq!(memory.records, first.records, "cycle {cycle}");
+                assert!(
+                    memory.id_map <= 2 * first.id_map,
+                    "cycle {cycle}: id map {} after {}",
+                    memory.id_map,
+                    first.id_map
+                );
+            }
         }
     }
-    assert_eq!(
-        shape(&h.registry).index_memory_bytes,
-        steady.map(|s| s.index_memory_bytes).unwrap_or(0)
-    );
-    // The index shape equals the baseline's apart from the slot table.
+    // The index shape equals the baseline's apart from the slot table and the id map.
     let mut now = shape(&h.registry);
     let mut base = baseline.clone();
     now.index_memory_bytes = 0;
     base.index_memory_bytes = 0;
     assert_eq!(now, base);
+    assert_eq!(
+        h.registry.memory_breakdown().postings,
+        baseline_memory.postings
+    );
 
     // With everything gone, the registry is as small as a new one.
     for n in 0..2_000 {
@@ -1953,16 +1976,16 @@ fn stored_instances_share_interned_strings() {
     }
     let a = &registry.get("a").unwrap().fields;
     let b = &registry.get("b").unwrap().fields;
-    assert!(std::sync::Arc::ptr_eq(&a.tags[0], &b.tags[0]));
-    assert!(std::sync::Arc::ptr_eq(
+    assert!(Text::ptr_eq(&a.tags[0], &b.tags[0]));
+    assert!(Text::ptr_eq(
         a.version.as_ref().unwrap(),
         b.version.as_ref().unwrap()
     ));
-    assert!(std::sync::Arc::ptr_eq(&a.service, &b.service));
+    assert!(Text::ptr_eq(&a.service, &b.service));
     let (a_key, a_value) = a.meta.iter().next().unwrap();
     let (b_key, b_value) = b.meta.iter().next().unwrap();
-    assert!(std::sync::Arc::ptr_eq(a_key, b_key));
-    assert!(std::sync::Arc::ptr_eq(a_value, b_value));
+    assert!(Text::ptr_eq(a_key, b_key));
+    assert!(Text::ptr_eq(a_value, b_value));
 }
 
 #[test]
@@ -2047,4 +2070,154 @@ fn a_large_single_service_pages_in_id_order_without_sorting() {
             assert_eq!(seen, expected, "limit {limit}");
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Id map (slots hashed through their records)
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn ids_resolve_after_their_slots_are_reused() {
+    let mut h = Harness::new();
+    for n in 0..50 {
+        h.register(draft(&format!("i-{n}"), "web"));
+    }
+    for n in (0..50).step_by(2) {
+        h.deregister(&format!("i-{n}"));
+    }
+    // New ids take the freed slots; the old ids must not find them.
+    for n in 0..25 {
+        h.register(draft(&format!("new-{n}"), "api"));
+    }
+    assert_eq!(h.registry.len(), 50);
+    for n in 0..50 {
+        let id = format!("i-{n}");
+        assert_eq!(h.registry.get(&id).is_some(), n % 2 == 1, "{id}");
+    }
+    for n in 0..25 {
+        let id = format!("new-{n}");
+        let found = h
+            .registry
+            .get(&id)
+            .map(|i| (i.id().to_string(), i.service().to_string()));
+        assert_eq!(found, Some((id, "api".to_string())));
+    }
+    assert!(h.registry.get("new-25").is_none());
+}
+
+#[test]
+fn ids_resolve_while_the_id_map_grows_and_shrinks() {
+    let mut h = Harness::new();
+    // Growing rehashes every entry through its record.
+    for n in 0..5_000 {
+        h.register(draft(&format!("grow-{n}"), &format!("svc-{}", n % 7)));
+    }
+    for n in 0..5_000 {
+        let id = format!("grow-{n}");
+        assert_eq!(h.registry.get(&id).map(|i| i.id()), Some(id.as_str()));
+    }
+    for n in 0..5_000 {
+        h.deregister(&format!("grow-{n}"));
+    }
+    assert!(h.registry.is_empty());
+    assert_eq!(
+        h.registry.memory_breakdown().id_map,
+        0,
+        "released when empty"
+    );
+    h.register(draft("again", "web"));
+    assert_eq!(h.registry.get("again").map(|i| i.id()), Some("again"));
+    assert!(h.registry.get("grow-1").is_none());
+}
+
+#[test]
+fn loaded_ids_outside_the_validation_rule_are_found() {
+    // A store written under other rules may hold any string; lookups compare bytes.
+    let mut registry = Registry::new();
+    let stored = |id: &str, revision: u64| {
+        let mut fields = registration(draft("placeholder", "web")).fields;
+        fields.id = id.to_string();
+        Instance {
+            fields,
+            health: Health::Passing,
+            create_revision: revision,
+            modify_revision: revision,
+            registered_at: 0,
+            updated_at: 0,
+        }
+    };
+    let ids = ["équipe:日本-1", "ключ", "e\u{301}", "\u{e9}", ""];
+    for (n, id) in ids.iter().enumerate() {
+        registry.load(stored(id, n as u64 + 1));
+    }
+    assert_eq!(registry.len(), ids.len());
+    for id in ids {
+        assert_eq!(registry.get(id).map(|i| i.id()), Some(id), "{id:?}");
+    }
+    // Canonically equal but byte-different ids stay distinct.
+    assert!(registry.get("E\u{301}").is_none());
+    assert!(registry.get("日本").is_none());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Interning before apply (no copy of the record)
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn interned_registrations_are_stored_without_a_copy_and_share_new_strings() {
+    let mut registry = Registry::new();
+    let mut fresh = FreshStrings::default();
+    let with_tags = |id: &str| {
+        draft_with(id, "Brand-New", |d| {
+            d.tags = strings(&["new-tag", "other"]);
+            d.version = Some("9.9.9".to_string());
+            d.meta = meta_of(&[("team", "new-team")]);
+        })
+    };
+    // Two registrations of one batch, both prepared before either is applied.
+    let mut first = Mutation::Register(registration(with_tags("a")));
+    let mut second = Mutation::Register(registration(with_tags("b")));
+    registry.intern(&mut first, &mut fresh);
+    registry.intern(&mut second, &mut fresh);
+    let changes: Vec<Change> = [(first, 1), (second, 2)]
+        .into_iter()
+        .filter_map(|(m, rev)| resolve(None, m, rev, 0).ok().flatten())
+        .collect();
+    let resolved: Vec<Arc<Instance>> = changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Put(instance) => Some(Arc::clone(instance)),
+            Change::Remove { .. } => None,
+        })
+        .collect();
+    for change in changes {
+        registry.apply(change);
+    }
+    let a = Arc::clone(registry.get("a").expect("a"));
+    let b = Arc::clone(registry.get("b").expect("b"));
+    assert!(Arc::ptr_eq(&a, &resolved[0]), "stored as resolved");
+    assert!(Arc::ptr_eq(&b, &resolved[1]), "stored as resolved");
+    assert!(Text::ptr_eq(&a.fields.tags[0], &b.fields.tags[0]));
+    assert!(Text::ptr_eq(&a.fields.service, &b.fields.service));
+    let (a_key, a_value) = a.fields.meta.iter().next().expect("meta");
+    let (b_key, b_value) = b.fields.meta.iter().next().expect("meta");
+    assert!(Text::ptr_eq(a_key, b_key) && Text::ptr_eq(a_value, b_value));
+
+    // Not prepared: stored as an interned copy, the caller's record untouched.
+    let unprepared = registration(with_tags("c"));
+    let caller = match resolve(None, Mutation::Register(unprepared), 3, 0) {
+        Ok(Some(Change::Put(instance))) => instance,
+        other => panic!("unexpected {other:?}"),
+    };
+    registry.apply(Change::Put(Arc::clone(&caller)));
+    let c = registry.get("c").expect("c");
+    assert!(!Arc::ptr_eq(c, &caller));
+    assert!(Text::ptr_eq(&c.fields.tags[0], &a.fields.tags[0]));
+    assert!(!Text::ptr_eq(&caller.fields.tags[0], &a.fields.tags[0]));
+    assert_eq!(c.fields, caller.fields);
+    let q = Query {
+        tags_all: vec!["new-tag".to_string()],
+        ..Query::default()
+    };
+    assert_eq!(registry.count(&q), 3);
 }

@@ -145,7 +145,7 @@ fn node_stand_in() -> Instance {
             service: svcmeta_core::Text::from(""),
             address: String::new(),
             port: 0,
-            tags: Vec::new(),
+            tags: Box::default(),
             version: None,
             environment: None,
             region: None,

@@ -1,0 +1,86 @@
+//! Instance id → slot without a second copy of the id.
+//!
+//! The table holds only slots (4 bytes each); an entry is hashed and compared through the id
+//! of the record in its slot, so the ids live once, in the records. The price is one pointer
+//! chase per probe. This module does not own the slot table; every call borrows it.
+
+use std::hash::BuildHasher;
+use std::sync::Arc;
+
+use hashbrown::{DefaultHashBuilder, HashTable};
+
+use crate::model::Instance;
+
+/// The registry's slot table: slot → record, `None` for a free slot.
+pub(super) type Slots = [Option<Arc<Instance>>];
+
+/// Instance id → slot; every slot in it holds a record with that id.
+#[derive(Debug, Default)]
+pub(super) struct IdMap {
+    table: HashTable<u32>,
+    hasher: DefaultHashBuilder,
+}
+
+/// The id of the record in `slot`, or "" for a free slot (which no entry may name).
+fn id_at(slots: &Slots, slot: u32) -> &str {
+    match slots.get(slot as usize).and_then(Option::as_ref) {
+        Some(instance) => instance.id(),
+        None => {
+            debug_assert!(false, "the id map names free slot {slot}");
+            ""
+        }
+    }
+}
+
+impl IdMap {
+    /// Number of ids.
+    pub(super) fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Whether there is no id.
+    pub(super) fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    /// Entries the table can hold before it grows.
+    pub(super) fn capacity(&self) -> usize {
+        self.table.capacity()
+    }
+
+    /// The slot of `id`.
+    pub(super) fn get(&self, id: &str, slots: &Slots) -> Option<u32> {
+        let hash = self.hasher.hash_one(id);
+        self.table
+            .find(hash, |&slot| id_at(slots, slot) == id)
+            .copied()
+    }
+
+    /// Records that `id` is at `slot`; `id` must not be in the map yet. The record in `slot`
+    /// need not be readable yet, but every other entry's must.
+    pub(super) fn insert(&mut self, id: &str, slot: u32, slots: &Slots) {
+        let hash = self.hasher.hash_one(id);
+        let hasher = &self.hasher;
+        self.table
+            .insert_unique(hash, slot, |&other| hasher.hash_one(id_at(slots, other)));
+    }
+
+    /// Forgets `id` and returns its slot; the record must still be in the slot.
+    pub(super) fn remove(&mut self, id: &str, slots: &Slots) -> Option<u32> {
+        let hash = self.hasher.hash_one(id);
+        match self
+            .table
+            .find_entry(hash, |&slot| id_at(slots, slot) == id)
+        {
+            Ok(entry) => Some(entry.remove().0),
+            Err(_) => None,
+        }
+    }
+
+    /// Releases spare capacity.
+    pub(super) fn shrink_to_fit(&mut self, slots: &Slots) {
+        let hasher = &self.hasher;
+        self.table
+            .shrink_to_fit(|&slot| hasher.hash_one(id_at(slots, slot)));
+    }
+}
