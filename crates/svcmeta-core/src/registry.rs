@@ -352,6 +352,13 @@ impl Registry {
         self.revision = self.revision.max(revision);
     }
 
+    /// Makes room for `additional` more instances (a load that knows how many it reads), so
+    /// the slot table and the id map do not grow step by step.
+    pub fn reserve(&mut self, additional: usize) {
+        self.slots.reserve(additional);
+        self.by_id.reserve(additional, &self.slots);
+    }
+
     /// Adds a stored instance while loading (no change event, no copy): the fast path of a
     /// restart. The revision rises to the instance's own.
     pub fn load(&mut self, instance: Instance) {

@@ -328,6 +328,15 @@ impl Catalog {
         while events.len() as u64 > settings.event_retention {
             events.pop_front();
         }
+        // As when they were made, retained events share the registry's copy of the state
+        // they describe, instead of holding a second copy of each record.
+        for event in events.iter_mut() {
+            if let Some(stored) = registry.get(event.instance.id()) {
+                if stored.modify_revision == event.revision {
+                    event.instance = Arc::clone(stored);
+                }
+            }
+        }
         let (revision_tx, _) = watch::channel(registry.revision());
         let shared = Arc::new(Shared {
             registry: RwLock::new(registry),
@@ -1141,6 +1150,7 @@ fn load_streaming(
             })
         });
         let mut registry = Registry::new();
+        registry.reserve(usize::try_from(store.stored_instances()).unwrap_or(0));
         let mut with_ttl: Vec<(String, u64)> = Vec::new();
         for chunk in received {
             for instance in chunk {

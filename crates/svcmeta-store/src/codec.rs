@@ -4,12 +4,16 @@
 //! A record is one format byte and a body. Format 2 (written by this build) is a compact
 //! binary body (postcard) that decodes without a text parser, which keeps a restart fast;
 //! format 1 (JSON) is still read, so data directories written by earlier builds open as they
-//! are. Events are JSON (format 1): they are few and read only on start.
+//! are. Events are binary too (format 3: the kind, the instance and its previous state as binary records);
+//! events written as JSON (format 1) by earlier builds still load.
 //! Write-ahead log frames (see `wal.rs`) hold a committed batch: its changes as binary records,
 //! its lease deadlines and its revision.
 
 use serde::{Deserialize, Serialize};
-use svcmeta_core::{Change, Event, Health, Instance, InstanceFields, Meta, Text};
+use std::hash::BuildHasher as _;
+use std::sync::Arc;
+
+use svcmeta_core::{Change, Event, EventKind, Health, Instance, InstanceFields, Meta, Text};
 
 use crate::error::StoreError;
 use crate::Batch;
@@ -19,26 +23,20 @@ pub(crate) const RECORD_FORMAT: u8 = 1;
 /// The binary instance record format this build writes.
 pub(crate) const BINARY_FORMAT: u8 = 2;
 
-/// The binary body of an instance record; strings borrow from the stored bytes.
+/// The binary body of an instance record. Strings are written as text (`&str`) and read
+/// back as the bytes they borrow from the stored record (`&[u8]`): the wire form is the same,
+/// and the reader checks UTF-8 only for strings it has not seen before (see [`Interner`]).
 #[derive(Serialize, Deserialize)]
-struct BinaryRecord<'a> {
-    #[serde(borrow)]
-    id: &'a str,
-    #[serde(borrow)]
-    service: &'a str,
-    #[serde(borrow)]
-    address: &'a str,
+struct BinaryRecord<S> {
+    id: S,
+    service: S,
+    address: S,
     port: u16,
-    #[serde(borrow)]
-    tags: Vec<&'a str>,
-    #[serde(borrow)]
-    version: Option<&'a str>,
-    #[serde(borrow)]
-    environment: Option<&'a str>,
-    #[serde(borrow)]
-    region: Option<&'a str>,
-    #[serde(borrow)]
-    meta: Vec<(&'a str, &'a str)>,
+    tags: Vec<S>,
+    version: Option<S>,
+    environment: Option<S>,
+    region: Option<S>,
+    meta: Vec<(S, S)>,
     ttl_ms: Option<u64>,
     health: Health,
     create_revision: u64,
@@ -47,8 +45,13 @@ struct BinaryRecord<'a> {
     updated_at: u64,
 }
 
+/// A record as written.
+type RecordOut<'a> = BinaryRecord<&'a str>;
+/// A record as read, borrowing the stored bytes.
+type RecordIn<'a> = BinaryRecord<&'a [u8]>;
+
 /// The binary body of one instance, borrowing its strings.
-fn binary_record(instance: &Instance) -> BinaryRecord<'_> {
+fn binary_record(instance: &Instance) -> RecordOut<'_> {
     let fields = &instance.fields;
     BinaryRecord {
         id: &fields.id,
@@ -82,21 +85,31 @@ pub(crate) fn encode(instance: &Instance) -> Vec<u8> {
 
 /// Shares the strings of decoded records: a tag, version or meta value that many instances
 /// carry is allocated once per loader instead of once per instance (a restart of a large
-/// store otherwise allocates, and the kernel zeroes, gigabytes it throws away at once).
+/// store otherwise allocates, and the kernel zeroes, gigabytes it throws away at once). It
+/// is looked up by the stored bytes, so only a string not seen before is checked as UTF-8.
 #[derive(Debug, Default)]
 pub(crate) struct Interner {
-    strings: std::collections::HashSet<Text>,
+    strings: hashbrown::HashTable<Text>,
+    hasher: hashbrown::DefaultHashBuilder,
 }
 
 impl Interner {
-    fn text(&mut self, value: &str) -> Text {
-        if let Some(known) = self.strings.get(value) {
-            return Text::clone(known);
+    fn text(&mut self, bytes: &[u8]) -> Result<Text, String> {
+        let hash = self.hasher.hash_one(bytes);
+        if let Some(known) = self.strings.find(hash, |t| t.as_bytes() == bytes) {
+            return Ok(Text::clone(known));
         }
-        let text = Text::from(value);
-        self.strings.insert(Text::clone(&text));
-        text
+        let text = Text::from(utf8(bytes)?);
+        let hasher = &self.hasher;
+        self.strings
+            .insert_unique(hash, Text::clone(&text), |t| hasher.hash_one(t.as_bytes()));
+        Ok(text)
     }
+}
+
+/// Stored bytes as text.
+fn utf8(bytes: &[u8]) -> Result<&str, String> {
+    std::str::from_utf8(bytes).map_err(|e| format!("a string is not UTF-8: {e}"))
 }
 
 /// Decodes a stored record of either format, checking that it holds the id it is stored under.
@@ -133,22 +146,29 @@ pub(crate) fn decode_any(bytes: &[u8]) -> Result<Instance, StoreError> {
 }
 
 /// Builds the instance a binary record describes.
-fn instance_of(record: BinaryRecord<'_>, interner: &mut Interner) -> Instance {
-    Instance {
+fn instance_of(record: RecordIn<'_>, interner: &mut Interner) -> Result<Instance, String> {
+    let mut text = |bytes: &[u8]| interner.text(bytes);
+    let tags = record
+        .tags
+        .into_iter()
+        .map(&mut text)
+        .collect::<Result<Box<[Text]>, String>>()?;
+    let meta = record
+        .meta
+        .into_iter()
+        .map(|(k, v)| Ok((text(k)?, text(v)?)))
+        .collect::<Result<Vec<(Text, Text)>, String>>()?;
+    Ok(Instance {
         fields: InstanceFields {
-            id: record.id.to_string(),
-            service: interner.text(record.service),
-            address: record.address.to_string(),
+            id: utf8(record.id)?.to_string(),
+            service: text(record.service)?,
+            address: utf8(record.address)?.to_string(),
             port: record.port,
-            tags: record.tags.into_iter().map(|t| interner.text(t)).collect(),
-            version: record.version.map(|v| interner.text(v)),
-            environment: record.environment.map(|e| interner.text(e)),
-            region: record.region.map(|r| interner.text(r)),
-            meta: record
-                .meta
-                .into_iter()
-                .map(|(k, v)| (interner.text(k), interner.text(v)))
-                .collect::<Meta>(),
+            tags,
+            version: record.version.map(&mut text).transpose()?,
+            environment: record.environment.map(&mut text).transpose()?,
+            region: record.region.map(&mut text).transpose()?,
+            meta: meta.into_iter().collect::<Meta>(),
             ttl_ms: record.ttl_ms,
         },
         health: record.health,
@@ -156,7 +176,7 @@ fn instance_of(record: BinaryRecord<'_>, interner: &mut Interner) -> Instance {
         modify_revision: record.modify_revision,
         registered_at: record.registered_at,
         updated_at: record.updated_at,
-    }
+    })
 }
 
 fn decode_record(bytes: &[u8], interner: &mut Interner) -> Result<Instance, StoreError> {
@@ -166,9 +186,9 @@ fn decode_record(bytes: &[u8], interner: &mut Interner) -> Result<Instance, Stor
     };
     let instance = match bytes.split_first() {
         Some((&BINARY_FORMAT, body)) => {
-            let record: BinaryRecord<'_> =
+            let record: RecordIn<'_> =
                 postcard::from_bytes(body).map_err(|e| corrupt(e.to_string()))?;
-            instance_of(record, interner)
+            instance_of(record, interner).map_err(corrupt)?
         }
         Some((&RECORD_FORMAT, body)) => {
             serde_json::from_slice(body).map_err(|e| corrupt(e.to_string()))?
@@ -179,23 +199,60 @@ fn decode_record(bytes: &[u8], interner: &mut Interner) -> Result<Instance, Stor
     Ok(instance)
 }
 
+/// The binary event record format this build writes.
+pub(crate) const EVENT_FORMAT: u8 = 3;
+
+/// The binary body of an event record (its revision is the record's key).
+#[derive(Serialize, Deserialize)]
+struct BinaryEvent<S> {
+    kind: EventKind,
+    instance: BinaryRecord<S>,
+    previous: Option<BinaryRecord<S>>,
+}
+
 /// Encodes a change event.
 pub(crate) fn encode_event(event: &Event) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(256);
-    bytes.push(RECORD_FORMAT);
-    if serde_json::to_writer(&mut bytes, event).is_err() {
-        debug_assert!(false, "event serialisation failed");
+    let record = BinaryEvent {
+        kind: event.kind,
+        instance: binary_record(&event.instance),
+        previous: event.previous.as_deref().map(binary_record),
+    };
+    let mut bytes = vec![EVENT_FORMAT];
+    match postcard::to_extend(&record, bytes) {
+        Ok(extended) => bytes = extended,
+        Err(_) => {
+            debug_assert!(false, "event serialisation failed");
+            bytes = vec![EVENT_FORMAT];
+        }
     }
     bytes
 }
 
-/// Decodes a stored change event.
-pub(crate) fn decode_event(revision: u64, bytes: &[u8]) -> Result<Event, StoreError> {
+/// Decodes a stored change event of either format, sharing strings through `interner`.
+pub(crate) fn decode_event(
+    revision: u64,
+    bytes: &[u8],
+    interner: &mut Interner,
+) -> Result<Event, StoreError> {
     let corrupt = |reason: String| StoreError::Corrupt {
         key: format!("event {revision}"),
         reason,
     };
     match bytes.split_first() {
+        Some((&EVENT_FORMAT, body)) => {
+            let record: BinaryEvent<&[u8]> =
+                postcard::from_bytes(body).map_err(|e| corrupt(e.to_string()))?;
+            let previous = match record.previous {
+                Some(previous) => Some(Arc::new(instance_of(previous, interner).map_err(corrupt)?)),
+                None => None,
+            };
+            Ok(Event {
+                revision,
+                kind: record.kind,
+                instance: Arc::new(instance_of(record.instance, interner).map_err(corrupt)?),
+                previous,
+            })
+        }
         Some((&RECORD_FORMAT, body)) => {
             let event: Event = serde_json::from_slice(body).map_err(|e| corrupt(e.to_string()))?;
             if event.revision != revision {
@@ -213,26 +270,19 @@ pub(crate) const LOG_FORMAT: u8 = 1;
 
 /// One change of a logged batch.
 #[derive(Serialize, Deserialize)]
-enum LoggedChange<'a> {
-    #[serde(borrow)]
-    Put(BinaryRecord<'a>),
-    Remove {
-        id: &'a str,
-        revision: u64,
-        service: &'a str,
-    },
+enum LoggedChange<S> {
+    Put(BinaryRecord<S>),
+    Remove { id: S, revision: u64, service: S },
 }
 
 /// The body of a write-ahead log frame: one committed batch. Events are not logged: they
 /// follow from each change and the stored state before it, which replay has.
 #[derive(Serialize, Deserialize)]
-struct LoggedBatch<'a> {
+struct LoggedBatch<S> {
     revision: u64,
     event_retention: u64,
-    #[serde(borrow)]
-    changes: Vec<LoggedChange<'a>>,
-    #[serde(borrow)]
-    leases: Vec<(&'a str, Option<u64>)>,
+    changes: Vec<LoggedChange<S>>,
+    leases: Vec<(S, Option<u64>)>,
 }
 
 /// A batch read back from the write-ahead log.
@@ -259,9 +309,9 @@ pub(crate) fn encode_logged_batch(batch: &Batch<'_>) -> Vec<u8> {
                     revision,
                     service,
                 } => LoggedChange::Remove {
-                    id,
+                    id: id.as_str(),
                     revision: *revision,
-                    service,
+                    service: service.as_str(),
                 },
             })
             .collect(),
@@ -287,35 +337,34 @@ pub(crate) fn decode_logged_batch(
     bytes: &[u8],
     interner: &mut Interner,
 ) -> Result<RecoveredBatch, String> {
-    let logged: LoggedBatch<'_> = match bytes.split_first() {
+    let logged: LoggedBatch<&[u8]> = match bytes.split_first() {
         Some((&LOG_FORMAT, body)) => postcard::from_bytes(body).map_err(|e| e.to_string())?,
         Some((format, _)) => return Err(format!("unknown log format {format}")),
         None => return Err("empty frame".to_string()),
     };
+    let mut changes = Vec::with_capacity(logged.changes.len());
+    for change in logged.changes {
+        changes.push(match change {
+            LoggedChange::Put(record) => Change::Put(Arc::new(instance_of(record, interner)?)),
+            LoggedChange::Remove {
+                id,
+                revision,
+                service,
+            } => Change::Remove {
+                id: utf8(id)?.to_string(),
+                revision,
+                service: utf8(service)?.to_string(),
+            },
+        });
+    }
+    let leases = logged
+        .leases
+        .into_iter()
+        .map(|(id, deadline)| Ok((utf8(id)?.to_string(), deadline)))
+        .collect::<Result<Vec<_>, String>>()?;
     Ok(RecoveredBatch {
-        changes: logged
-            .changes
-            .into_iter()
-            .map(|change| match change {
-                LoggedChange::Put(record) => {
-                    Change::Put(std::sync::Arc::new(instance_of(record, interner)))
-                }
-                LoggedChange::Remove {
-                    id,
-                    revision,
-                    service,
-                } => Change::Remove {
-                    id: id.to_string(),
-                    revision,
-                    service: service.to_string(),
-                },
-            })
-            .collect(),
-        leases: logged
-            .leases
-            .into_iter()
-            .map(|(id, deadline)| (id.to_string(), deadline))
-            .collect(),
+        changes,
+        leases,
         revision: logged.revision,
         event_retention: logged.event_retention,
     })

@@ -23,8 +23,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use redb::{
-    Database, DatabaseError, ReadableDatabase, ReadableTable, Table, TableDefinition,
-    WriteTransaction,
+    Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table,
+    TableDefinition, WriteTransaction,
 };
 use svcmeta_core::{Change, Event, Instance};
 
@@ -402,19 +402,9 @@ impl EmbeddedStore {
             .map_err(StoreError::database)?
             .map(|v| v.value())
             .unwrap_or(0);
-        let mut events = Vec::new();
-        let table = txn.open_table(EVENTS).map_err(StoreError::database)?;
-        for entry in table.iter().map_err(StoreError::database)? {
-            let (key, value) = entry.map_err(StoreError::database)?;
-            events.push(codec::decode_event(key.value(), value.value())?);
-        }
-        let mut leases = Vec::new();
-        let table = txn.open_table(LEASES).map_err(StoreError::database)?;
-        for entry in table.iter().map_err(StoreError::database)? {
-            let (key, value) = entry.map_err(StoreError::database)?;
-            leases.push((key.value().to_string(), value.value()));
-        }
-        // Records are decoded straight from the database's pages, sharing strings.
+        // Instances first, so that indexing starts at once; events and leases are read while
+        // the last chunks are indexed. Records are decoded straight from the database's pages,
+        // sharing strings.
         const CHUNK: usize = 16_384;
         let table = txn.open_table(INSTANCES).map_err(StoreError::database)?;
         let mut interner = codec::Interner::default();
@@ -433,12 +423,35 @@ impl EmbeddedStore {
         if !chunk.is_empty() {
             on_instances(chunk);
         }
+        let mut events = Vec::new();
+        let table = txn.open_table(EVENTS).map_err(StoreError::database)?;
+        for entry in table.iter().map_err(StoreError::database)? {
+            let (key, value) = entry.map_err(StoreError::database)?;
+            events.push(codec::decode_event(
+                key.value(),
+                value.value(),
+                &mut interner,
+            )?);
+        }
+        let mut leases = Vec::new();
+        let table = txn.open_table(LEASES).map_err(StoreError::database)?;
+        for entry in table.iter().map_err(StoreError::database)? {
+            let (key, value) = entry.map_err(StoreError::database)?;
+            leases.push((key.value().to_string(), value.value()));
+        }
         Ok(Snapshot {
             instances: Vec::new(),
             revision: revision.max(newest),
             events,
             leases,
         })
+    }
+
+    /// How many instances the store holds (a hint for sizing the registry before a load).
+    pub fn stored_instances(&self) -> Result<u64, StoreError> {
+        let txn = self.database.begin_read().map_err(StoreError::database)?;
+        let table = txn.open_table(INSTANCES).map_err(StoreError::database)?;
+        table.len().map_err(StoreError::database)
     }
 
     /// Makes a batch (changes, events, lease deadlines, revision) durable: one frame in the

@@ -114,6 +114,15 @@ impl Store {
         }
     }
 
+    /// How many instances the store holds, when it can tell cheaply (0 otherwise): a hint for
+    /// sizing the registry before [`Store::load_with`].
+    pub fn stored_instances(&self) -> u64 {
+        match self {
+            Store::Embedded(store) => store.stored_instances().unwrap_or(0),
+            _ => 0,
+        }
+    }
+
     /// Durably writes a batch, all or nothing.
     pub fn commit(&self, batch: &Batch<'_>) -> Result<(), StoreError> {
         match self {

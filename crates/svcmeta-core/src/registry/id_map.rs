@@ -77,6 +77,13 @@ impl IdMap {
         }
     }
 
+    /// Makes room for `additional` more ids without growing again.
+    pub(super) fn reserve(&mut self, additional: usize, slots: &Slots) {
+        let hasher = &self.hasher;
+        self.table
+            .reserve(additional, |&slot| hasher.hash_one(id_at(slots, slot)));
+    }
+
     /// Releases spare capacity.
     pub(super) fn shrink_to_fit(&mut self, slots: &Slots) {
         let hasher = &self.hasher;
