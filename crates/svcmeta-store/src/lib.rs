@@ -114,6 +114,15 @@ impl Store {
         }
     }
 
+    /// Writes everything committed so far into the store's main file now (the embedded
+    /// store's checkpoint, which otherwise runs about once a second); nothing for the others.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Embedded(store) => store.flush(),
+            _ => Ok(()),
+        }
+    }
+
     /// How many instances the store holds, when it can tell cheaply (0 otherwise): a hint for
     /// sizing the registry before [`Store::load_with`].
     pub fn stored_instances(&self) -> u64 {
