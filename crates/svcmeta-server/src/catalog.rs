@@ -505,6 +505,11 @@ impl Catalog {
         self.shared.revision_tx.receiver_count()
     }
 
+    /// Why the store takes no more writes, if it failed (see [`Store::problem`]).
+    pub fn store_problem(&self) -> Option<String> {
+        self.shared.store.problem()
+    }
+
     /// Writes every acknowledged write into the store's main file now (the embedded store
     /// otherwise does it in the background about once a second); benchmarks call it between
     /// phases so that one phase's checkpoint does not land on the next.
@@ -1167,9 +1172,11 @@ fn load_streaming(
                 registry.load(instance);
             }
         }
-        let mut snapshot = loader
-            .join()
-            .map_err(|_| StoreError::Database("the loading thread panicked".to_string()))??;
+        let mut snapshot = loader.join().map_err(|_| {
+            StoreError::Database(
+                "the database engine failed while reading the store (a damaged file?)".to_string(),
+            )
+        })??;
         let leases = restore_leases(with_ttl, std::mem::take(&mut snapshot.leases), now);
         registry.advance_revision(snapshot.revision);
         Ok((snapshot, registry, leases))

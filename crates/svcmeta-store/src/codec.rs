@@ -20,8 +20,32 @@ use crate::Batch;
 
 /// The JSON record format (written by earlier builds; still read; used for events).
 pub(crate) const RECORD_FORMAT: u8 = 1;
-/// The binary instance record format this build writes.
+/// The binary instance record format of earlier builds (still read).
 pub(crate) const BINARY_FORMAT: u8 = 2;
+/// The binary instance record format this build writes: a CRC-32 of the body, then the body,
+/// so a record damaged in the file is refused instead of served.
+pub(crate) const CHECKED_FORMAT: u8 = 4;
+
+/// A record of `format`: the format byte, the body's CRC-32, the body.
+fn with_checksum(format: u8, body: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(5 + body.len());
+    bytes.push(format);
+    bytes.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+/// The body of a checksummed record (what follows the format byte), if the checksum holds.
+fn checked_body(bytes: &[u8]) -> Result<&[u8], String> {
+    let (crc, body) = bytes
+        .split_first_chunk::<4>()
+        .ok_or_else(|| "the record is cut short".to_string())?;
+    if crc32fast::hash(body) == u32::from_le_bytes(*crc) {
+        Ok(body)
+    } else {
+        Err("its checksum does not match: the stored bytes are damaged".to_string())
+    }
+}
 
 /// The binary body of an instance record. Strings are written as text (`&str`) and read
 /// back as the bytes they borrow from the stored record (`&[u8]`): the wire form is the same,
@@ -74,13 +98,12 @@ fn binary_record(instance: &Instance) -> RecordOut<'_> {
 
 /// Encodes an instance as a stored record.
 pub(crate) fn encode(instance: &Instance) -> Vec<u8> {
-    let mut bytes = vec![BINARY_FORMAT];
     // Serialising strings and integers into a Vec cannot fail.
-    match postcard::to_allocvec(&binary_record(instance)) {
-        Ok(body) => bytes.extend_from_slice(&body),
-        Err(_) => debug_assert!(false, "instance serialisation failed"),
-    }
-    bytes
+    let body = postcard::to_allocvec(&binary_record(instance)).unwrap_or_else(|_| {
+        debug_assert!(false, "instance serialisation failed");
+        Vec::new()
+    });
+    with_checksum(CHECKED_FORMAT, &body)
 }
 
 /// Shares the strings of decoded records: a tag, version or meta value that many instances
@@ -185,6 +208,12 @@ fn decode_record(bytes: &[u8], interner: &mut Interner) -> Result<Instance, Stor
         reason,
     };
     let instance = match bytes.split_first() {
+        Some((&CHECKED_FORMAT, rest)) => {
+            let body = checked_body(rest).map_err(corrupt)?;
+            let record: RecordIn<'_> =
+                postcard::from_bytes(body).map_err(|e| corrupt(e.to_string()))?;
+            instance_of(record, interner).map_err(corrupt)?
+        }
         Some((&BINARY_FORMAT, body)) => {
             let record: RecordIn<'_> =
                 postcard::from_bytes(body).map_err(|e| corrupt(e.to_string()))?;
@@ -199,8 +228,10 @@ fn decode_record(bytes: &[u8], interner: &mut Interner) -> Result<Instance, Stor
     Ok(instance)
 }
 
-/// The binary event record format this build writes.
+/// The binary event record format of builds before checksums (still read).
 pub(crate) const EVENT_FORMAT: u8 = 3;
+/// The binary event record format this build writes: checksummed like [`CHECKED_FORMAT`].
+pub(crate) const CHECKED_EVENT_FORMAT: u8 = 5;
 
 /// The binary body of an event record (its revision is the record's key).
 #[derive(Serialize, Deserialize)]
@@ -217,15 +248,11 @@ pub(crate) fn encode_event(event: &Event) -> Vec<u8> {
         instance: binary_record(&event.instance),
         previous: event.previous.as_deref().map(binary_record),
     };
-    let mut bytes = vec![EVENT_FORMAT];
-    match postcard::to_extend(&record, bytes) {
-        Ok(extended) => bytes = extended,
-        Err(_) => {
-            debug_assert!(false, "event serialisation failed");
-            bytes = vec![EVENT_FORMAT];
-        }
-    }
-    bytes
+    let body = postcard::to_allocvec(&record).unwrap_or_else(|_| {
+        debug_assert!(false, "event serialisation failed");
+        Vec::new()
+    });
+    with_checksum(CHECKED_EVENT_FORMAT, &body)
 }
 
 /// Decodes a stored change event of either format, sharing strings through `interner`.
@@ -238,8 +265,13 @@ pub(crate) fn decode_event(
         key: format!("event {revision}"),
         reason,
     };
-    match bytes.split_first() {
-        Some((&EVENT_FORMAT, body)) => {
+    let binary_body = match bytes.split_first() {
+        Some((&CHECKED_EVENT_FORMAT, rest)) => Some(checked_body(rest).map_err(corrupt)?),
+        Some((&EVENT_FORMAT, body)) => Some(body),
+        _ => None,
+    };
+    match (binary_body, bytes.split_first()) {
+        (Some(body), _) => {
             let record: BinaryEvent<&[u8]> =
                 postcard::from_bytes(body).map_err(|e| corrupt(e.to_string()))?;
             let previous = match record.previous {
@@ -253,15 +285,15 @@ pub(crate) fn decode_event(
                 previous,
             })
         }
-        Some((&RECORD_FORMAT, body)) => {
+        (None, Some((&RECORD_FORMAT, body))) => {
             let event: Event = serde_json::from_slice(body).map_err(|e| corrupt(e.to_string()))?;
             if event.revision != revision {
                 return Err(corrupt(format!("record holds revision {}", event.revision)));
             }
             Ok(event)
         }
-        Some((format, _)) => Err(corrupt(format!("unknown record format {format}"))),
-        None => Err(corrupt("empty record".to_string())),
+        (None, Some((format, _))) => Err(corrupt(format!("unknown record format {format}"))),
+        (None, None) => Err(corrupt("empty record".to_string())),
     }
 }
 

@@ -41,6 +41,14 @@ const REVISION_KEY: &str = "revision";
 const FORMAT_KEY: &str = "format";
 /// The sequence number of the last write-ahead log frame the redb file holds.
 const LOG_APPLIED_KEY: &str = "log_applied";
+/// 1 when the store was closed cleanly (every logged batch is in the redb file), 0 while it
+/// is open: a redb file that was not closed cleanly needs its log.
+const CLEAN_CLOSE_KEY: &str = "clean_close";
+/// The file whose lock says a process holds the data directory.
+const LOCK_FILE: &str = "svcmeta.lock";
+/// Where a new database file is made before it takes its name, so a process killed while
+/// creating it leaves no half-made `svcmeta.redb`.
+const NEW_DATABASE_FILE: &str = "svcmeta.redb.new";
 /// Events are trimmed to the retention once per this many revisions.
 pub(crate) const TRIM_STEP: u64 = 4096;
 /// The file format this build writes and reads. Format 2 has a write-ahead log beside the
@@ -80,6 +88,8 @@ pub struct EmbeddedStore {
     path: PathBuf,
     checkpoints: Option<mpsc::Sender<CheckpointRequest>>,
     checkpointer: Option<JoinHandle<()>>,
+    /// Held (locked) while the store is open; released last.
+    _lock: std::fs::File,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -299,6 +309,12 @@ fn run_checkpointer(
             log.prepare_spare();
         }
     }
+    // Closing: every logged batch is in the redb file now, unless something failed.
+    if write_checkpoints && pending.is_empty() && log.failure().is_none() {
+        if let Err(error) = mark_closed_cleanly(&database) {
+            tracing::warn!(%error, "could not mark the store closed cleanly");
+        }
+    }
 }
 
 impl EmbeddedStore {
@@ -315,11 +331,31 @@ impl EmbeddedStore {
     }
 
     fn open_with(data_dir: &Path, write_checkpoints: bool) -> Result<EmbeddedStore, StoreError> {
+        // The database engine panics on some damaged files; say so instead of unwinding.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            EmbeddedStore::open_unguarded(data_dir, write_checkpoints)
+        }))
+        .unwrap_or_else(|_| {
+            Err(StoreError::Database(format!(
+                "{}: the database engine failed while opening it (a damaged file?)",
+                data_dir.join(DATABASE_FILE).display()
+            )))
+        })
+    }
+
+    fn open_unguarded(
+        data_dir: &Path,
+        write_checkpoints: bool,
+    ) -> Result<EmbeddedStore, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|source| StoreError::Io {
             path: data_dir.to_path_buf(),
             source,
         })?;
+        let lock = lock_directory(data_dir)?;
         let path = data_dir.join(DATABASE_FILE);
+        if !path.exists() {
+            create_database(data_dir)?;
+        }
         // The registry keeps everything in memory, so redb's page cache only needs to serve a
         // commit's pages; a small one is reused while a restart reads the whole file instead
         // of growing to the file's size in fresh memory.
@@ -330,10 +366,20 @@ impl EmbeddedStore {
                 DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
                     path: data_dir.to_path_buf(),
                 },
-                other => StoreError::Database(format!("{}: {other}", path.display())),
+                other => {
+                    let text = other.to_string();
+                    // Files made by earlier builds could be left half-made by a kill during
+                    // the first start.
+                    let hint = if text.contains("magic number") {
+                        "; if this directory never held a registry, remove the file"
+                    } else {
+                        ""
+                    };
+                    StoreError::Database(format!("{}: {text}{hint}", path.display()))
+                }
             })?;
-        let applied = initialise(&database)?;
-        let (log, frames) = WriteAheadLog::open(data_dir, applied)?;
+        let (applied, log_required) = initialise(&database)?;
+        let (log, frames) = WriteAheadLog::open(data_dir, applied, log_required)?;
         let last = replay(&database, &frames)?.unwrap_or(applied);
         log.applied(last, frames.iter().map(|f| f.bytes).sum());
         let database = Arc::new(database);
@@ -356,12 +402,19 @@ impl EmbeddedStore {
             path,
             checkpoints: Some(checkpoints),
             checkpointer: Some(checkpointer),
+            _lock: lock,
         })
     }
 
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Why the store takes no more writes, if it failed (a failed fsync or checkpoint); a
+    /// restart recovers.
+    pub fn problem(&self) -> Option<String> {
+        self.log.failure()
     }
 
     /// Writes every committed batch into the redb file now.
@@ -490,10 +543,13 @@ fn stopped() -> StoreError {
     StoreError::Log("the checkpoint thread stopped".to_string())
 }
 
-/// Checks the file format, creates the tables, and returns the last log frame the file holds.
-fn initialise(database: &Database) -> Result<u64, StoreError> {
+/// Checks the file format, creates the tables, marks the file open (not cleanly closed), and
+/// returns the last log frame the file holds and whether the log is needed to read it whole
+/// (a file of this format that was not closed cleanly).
+fn initialise(database: &Database) -> Result<(u64, bool), StoreError> {
     let txn = database.begin_write().map_err(StoreError::database)?;
     let applied;
+    let required;
     {
         let mut meta = txn.open_table(META).map_err(StoreError::database)?;
         let found = meta
@@ -514,12 +570,73 @@ fn initialise(database: &Database) -> Result<u64, StoreError> {
             .get(LOG_APPLIED_KEY)
             .map_err(StoreError::database)?
             .map_or(0, |v| v.value());
+        let clean = meta
+            .get(CLEAN_CLOSE_KEY)
+            .map_err(StoreError::database)?
+            .map_or(0, |v| v.value());
+        required = found == Some(FILE_FORMAT) && clean != 1;
+        meta.insert(CLEAN_CLOSE_KEY, 0)
+            .map_err(StoreError::database)?;
         txn.open_table(INSTANCES).map_err(StoreError::database)?;
         txn.open_table(EVENTS).map_err(StoreError::database)?;
         txn.open_table(LEASES).map_err(StoreError::database)?;
     }
     txn.commit().map_err(StoreError::database)?;
-    Ok(applied)
+    Ok((applied, required))
+}
+
+/// Records that every logged batch is in the redb file (the store is closing).
+fn mark_closed_cleanly(database: &Database) -> Result<(), StoreError> {
+    let txn = database.begin_write().map_err(StoreError::database)?;
+    {
+        let mut meta = txn.open_table(META).map_err(StoreError::database)?;
+        meta.insert(CLEAN_CLOSE_KEY, 1)
+            .map_err(StoreError::database)?;
+    }
+    txn.commit().map_err(StoreError::database)
+}
+
+/// Takes the data directory's lock file, so that a second process gets
+/// [`StoreError::Locked`] even if the database file is replaced or removed under the first.
+fn lock_directory(data_dir: &Path) -> Result<std::fs::File, StoreError> {
+    let path = data_dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| StoreError::Io {
+            path: path.clone(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked {
+            path: data_dir.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(StoreError::Io { path, source }),
+    }
+}
+
+/// Makes a new, initialised database file under a temporary name and gives it its name once
+/// it is whole (the directory lock is held, so no other process does the same).
+fn create_database(data_dir: &Path) -> Result<(), StoreError> {
+    let staging = data_dir.join(NEW_DATABASE_FILE);
+    let _ = std::fs::remove_file(&staging);
+    {
+        let database = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(&staging)
+            .map_err(|error| StoreError::Database(format!("{}: {error}", staging.display())))?;
+        initialise(&database)?;
+        mark_closed_cleanly(&database)?;
+    }
+    let named = std::fs::rename(&staging, data_dir.join(DATABASE_FILE))
+        .and_then(|()| std::fs::File::open(data_dir).and_then(|dir| dir.sync_all()));
+    named.map_err(|source| StoreError::Io {
+        path: data_dir.join(DATABASE_FILE),
+        source,
+    })
 }
 
 /// Writes the log frames the redb file does not hold yet into it, in one durable transaction,

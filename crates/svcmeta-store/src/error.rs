@@ -22,6 +22,14 @@ pub enum StoreError {
         /// The operating system's reason.
         source: std::io::Error,
     },
+    /// Writing or syncing a file failed (a full disk, an I/O error).
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
     /// A stored record could not be decoded.
     #[error("stored record {key:?} is corrupt: {reason}")]
     Corrupt {

@@ -123,6 +123,15 @@ impl Store {
         }
     }
 
+    /// Why the store takes no more writes, if it failed (the embedded store after a failed
+    /// fsync or checkpoint, until a restart).
+    pub fn problem(&self) -> Option<String> {
+        match self {
+            Store::Embedded(store) => store.problem(),
+            _ => None,
+        }
+    }
+
     /// How many instances the store holds, when it can tell cheaply (0 otherwise): a hint for
     /// sizing the registry before [`Store::load_with`].
     pub fn stored_instances(&self) -> u64 {

@@ -179,7 +179,7 @@ fn records_of_the_earlier_json_format_still_load() {
     assert_eq!(codec::decode("a", &json_record).unwrap(), *original);
     // This build writes the binary format, which round-trips every field.
     let binary = codec::encode(&original);
-    assert_eq!(binary[0], codec::BINARY_FORMAT);
+    assert_eq!(binary[0], codec::CHECKED_FORMAT);
     assert!(binary.len() < json_record.len(), "binary is more compact");
     let mut critical = Instance::clone(&original);
     critical.health = Health::Critical;
@@ -340,7 +340,7 @@ fn events_round_trip_in_binary_and_earlier_json_events_still_load() {
     let mut interner = codec::Interner::default();
     for event in [&update, &removal] {
         let binary = codec::encode_event(event);
-        assert_eq!(binary[0], codec::EVENT_FORMAT);
+        assert_eq!(binary[0], codec::CHECKED_EVENT_FORMAT);
         let decoded = codec::decode_event(event.revision, &binary, &mut interner).unwrap();
         assert_eq!(&decoded, event);
         // The record's key is its revision; a binary body does not repeat it.
@@ -364,7 +364,9 @@ fn events_round_trip_in_binary_and_earlier_json_events_still_load() {
 
 #[test]
 fn a_stored_string_that_is_not_utf8_is_reported_as_corrupt() {
-    let good = codec::encode(&instance("a", 1));
+    // Without a checksum (format 2) to catch the damage first.
+    let mut good = vec![codec::BINARY_FORMAT];
+    good.extend_from_slice(&codec::encode(&instance("a", 1))[5..]);
     let tag = "ünïcode".as_bytes();
     let at = good
         .windows(tag.len())
@@ -379,4 +381,100 @@ fn a_stored_string_that_is_not_utf8_is_reported_as_corrupt() {
     let mut interner = codec::Interner::default();
     codec::decode_interned("a", &good, &mut interner).unwrap();
     assert!(codec::decode_interned("a", &bad, &mut interner).is_err());
+}
+
+#[test]
+fn a_damaged_record_is_refused_and_records_without_checksums_still_load() {
+    let original = instance("a", 7);
+    let good = codec::encode(&original);
+    assert_eq!(good[0], codec::CHECKED_FORMAT);
+    // One changed byte in an address, a tag, anywhere in the body: refused, not served.
+    for at in [6, good.len() / 2, good.len() - 1] {
+        let mut bad = good.clone();
+        bad[at] ^= 0x01;
+        let error = codec::decode("a", &bad).unwrap_err();
+        assert!(error.to_string().contains("checksum"), "byte {at}: {error}");
+    }
+    // Format 2, as builds before checksums wrote it: the same body without the checksum.
+    let mut unchecked = vec![codec::BINARY_FORMAT];
+    unchecked.extend_from_slice(&good[5..]);
+    assert_eq!(codec::decode("a", &unchecked).unwrap(), *original);
+    let event = Event::describe(None, &Change::Put(Arc::clone(&original))).unwrap();
+    let mut interner = codec::Interner::default();
+    let good = codec::encode_event(&event);
+    let mut bad = good.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 0x01;
+    let error = codec::decode_event(7, &bad, &mut interner).unwrap_err();
+    assert!(error.to_string().contains("checksum"), "{error}");
+    let mut unchecked = vec![codec::EVENT_FORMAT];
+    unchecked.extend_from_slice(&good[5..]);
+    assert_eq!(
+        codec::decode_event(7, &unchecked, &mut interner).unwrap(),
+        event
+    );
+}
+
+#[test]
+fn a_redb_file_that_was_not_closed_cleanly_is_not_opened_without_its_log() {
+    let dir = temp_dir("needs-log");
+    let mut state = std::collections::HashMap::new();
+    {
+        let store = Store::open_embedded(&dir).unwrap();
+        commit_changes(
+            &store,
+            &mut state,
+            vec![Change::Put(instance("a", 1))],
+            vec![],
+        );
+    }
+    // Closed cleanly: the redb file alone is whole, and a missing log is simply made again.
+    std::fs::remove_dir_all(dir.join(crate::wal::LOG_DIR)).unwrap();
+    {
+        let store = Store::Embedded(EmbeddedStore::open_without_checkpoints(&dir).unwrap());
+        commit_changes(
+            &store,
+            &mut state,
+            vec![Change::Put(instance("b", 2))],
+            vec![],
+        );
+    }
+    // Killed: "b" is only in the log. Copying the redb file without it would lose "b" and
+    // hand revision 2 out again, so it is refused.
+    let log = dir.join(crate::wal::LOG_DIR);
+    let moved = dir.join("wal-elsewhere");
+    std::fs::rename(&log, &moved).unwrap();
+    let error = Store::open_embedded(&dir).unwrap_err();
+    assert!(error.to_string().contains("not closed cleanly"), "{error}");
+    std::fs::remove_dir_all(&log).unwrap();
+    std::fs::rename(&moved, &log).unwrap();
+    let snapshot = Store::open_embedded(&dir).unwrap().load().unwrap();
+    assert_eq!(snapshot.instances.len(), 2);
+    assert_eq!(snapshot.revision, 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_half_made_database_file_is_never_left_behind() {
+    let dir = temp_dir("first-start");
+    std::fs::create_dir_all(&dir).unwrap();
+    // What a process killed while creating the file leaves: the staging file only.
+    std::fs::write(dir.join("svcmeta.redb.new"), b"half made").unwrap();
+    let store = Store::open_embedded(&dir).unwrap();
+    assert!(!dir.join("svcmeta.redb.new").exists());
+    assert!(dir.join(DATABASE_FILE).exists());
+    assert_eq!(store.load().unwrap().revision, 0);
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_directory_stays_locked_even_if_the_database_file_is_removed() {
+    let dir = temp_dir("dir-lock");
+    let held = Store::open_embedded(&dir).unwrap();
+    std::fs::rename(dir.join(DATABASE_FILE), dir.join("moved.redb")).unwrap();
+    let error = Store::open_embedded(&dir).unwrap_err();
+    assert!(matches!(error, StoreError::Locked { .. }), "{error:?}");
+    drop(held);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -107,6 +107,13 @@ fn io_error(path: &Path, source: std::io::Error) -> StoreError {
     }
 }
 
+fn write_error(path: &Path, source: std::io::Error) -> StoreError {
+    StoreError::Write {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
 fn checksum(seq: u64, body: &[u8]) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&seq.to_le_bytes());
@@ -122,46 +129,81 @@ fn segment_number(name: &str) -> Option<u64> {
         .ok()
 }
 
+/// The frame whose header starts at `offset`, if its length fits and its checksum matches.
+fn frame_at(bytes: &[u8], offset: usize) -> Option<(u64, &[u8])> {
+    let header = bytes.get(offset..offset.checked_add(HEADER_BYTES)?)?;
+    let len = u32::from_le_bytes(header.get(0..4)?.try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(header.get(4..8)?.try_into().ok()?);
+    let seq = u64::from_le_bytes(header.get(8..16)?.try_into().ok()?);
+    if len == 0 || seq == 0 || len > MAX_BODY_BYTES {
+        return None;
+    }
+    let start = offset + HEADER_BYTES;
+    let body = bytes.get(start..start.checked_add(len)?)?;
+    (checksum(seq, body) == crc).then_some((seq, body))
+}
+
+/// A frame with a sequence number above `last` anywhere in `bytes` from `from` on: frames
+/// that follow a damaged one. A frame torn by a crash is the last one written, so nothing
+/// valid can follow it; stale frames of a reused segment are all at or below `last`.
+fn later_frame(bytes: &[u8], from: usize, last: u64) -> Option<(usize, u64)> {
+    // No frame starts in the zeros at the end (the unwritten part of a segment): a header is
+    // never all zeros. Find where they begin a word at a time.
+    let written = bytes
+        .chunks(8)
+        .rposition(|word| word.iter().any(|b| *b != 0))
+        .map_or(0, |word| (word + 1) * 8);
+    let mut offset = from;
+    while offset < written && offset + HEADER_BYTES <= bytes.len() {
+        // Cheap checks first: almost every offset fails on the length or the number.
+        let header = bytes.get(offset..offset + HEADER_BYTES)?;
+        let len = header
+            .get(0..4)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u32::from_le_bytes) as usize;
+        let seq = header
+            .get(8..16)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u64::from_le_bytes);
+        let plausible = len > 0
+            && len <= bytes.len() - offset - HEADER_BYTES
+            && seq > last
+            && seq - last < (1 << 40);
+        if plausible {
+            if let Some((seq, _)) = frame_at(bytes, offset) {
+                return Some((offset, seq));
+            }
+        }
+        offset += 1;
+    }
+    None
+}
+
+/// Whether a segment starts with an empty header: a zero-filled spare, or a segment whose
+/// frames were all in the redb file when it was set aside for reuse.
+fn starts_empty(bytes: &[u8]) -> bool {
+    bytes
+        .get(..HEADER_BYTES)
+        .is_none_or(|header| header.iter().all(|b| *b == 0))
+}
+
 /// The frames at the start of a segment's bytes that form a chain of consecutive sequence
-/// numbers with good checksums.
-pub(crate) fn read_chain(bytes: &[u8]) -> Vec<RecoveredFrame> {
+/// numbers with good checksums, and the offset where the chain ends.
+fn read_chain(bytes: &[u8]) -> (Vec<RecoveredFrame>, usize) {
     let mut frames: Vec<RecoveredFrame> = Vec::new();
     let mut offset = 0usize;
-    while let Some(header) = bytes.get(offset..offset.saturating_add(HEADER_BYTES)) {
-        let field = |range: std::ops::Range<usize>| header.get(range).unwrap_or(&[]);
-        let (Ok(len), Ok(crc), Ok(seq)) = (
-            <[u8; 4]>::try_from(field(0..4)),
-            <[u8; 4]>::try_from(field(4..8)),
-            <[u8; 8]>::try_from(field(8..16)),
-        ) else {
-            break;
-        };
-        let (len, crc, seq) = (
-            u32::from_le_bytes(len) as usize,
-            u32::from_le_bytes(crc),
-            u64::from_le_bytes(seq),
-        );
-        if len == 0 || seq == 0 || len > MAX_BODY_BYTES {
-            break;
-        }
-        let start = offset + HEADER_BYTES;
-        let Some(body) = bytes.get(start..start.saturating_add(len)) else {
-            break;
-        };
-        if checksum(seq, body) != crc {
-            break;
-        }
+    while let Some((seq, body)) = frame_at(bytes, offset) {
         if frames.last().is_some_and(|last| seq != last.seq + 1) {
             break;
         }
         frames.push(RecoveredFrame {
             seq,
             body: body.to_vec(),
-            bytes: (HEADER_BYTES + len) as u64,
+            bytes: (HEADER_BYTES + body.len()) as u64,
         });
-        offset = start + len;
+        offset += HEADER_BYTES + body.len();
     }
-    frames
+    (frames, offset)
 }
 
 /// Makes a directory entry durable (a new segment file).
@@ -174,14 +216,21 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 impl WriteAheadLog {
     /// Opens the log in `data_dir`, returning the frames after `applied` (the last frame the
     /// redb file holds), in order. Until [`WriteAheadLog::applied`] is told they are in the
-    /// redb file, the segments holding them are not reused.
+    /// redb file, the segments holding them are not reused. With `required` (the redb file
+    /// was not closed cleanly, so the log may hold acknowledged writes it lacks), a log with
+    /// no segment at all is an error rather than an empty log. A frame that follows a damaged
+    /// one is an error too: reading on would skip acknowledged writes, stopping there would
+    /// lose the later ones silently.
     pub(crate) fn open(
         data_dir: &Path,
         applied: u64,
+        required: bool,
     ) -> Result<(WriteAheadLog, Vec<RecoveredFrame>), StoreError> {
         let dir = data_dir.join(LOG_DIR);
+        let existed = dir.is_dir();
         std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
-        let mut scanned: Vec<(PathBuf, Vec<RecoveredFrame>)> = Vec::new();
+        // (path, frames, where the chain ends, whether frames may hide after it)
+        let mut scanned: Vec<(PathBuf, Vec<RecoveredFrame>, usize, bool)> = Vec::new();
         let mut next_number = 0u64;
         for entry in std::fs::read_dir(&dir).map_err(|e| io_error(&dir, e))? {
             let entry = entry.map_err(|e| io_error(&dir, e))?;
@@ -197,13 +246,29 @@ impl WriteAheadLog {
             };
             next_number = next_number.max(number + 1);
             let bytes = std::fs::read(&path).map_err(|e| io_error(&path, e))?;
-            scanned.push((path, read_chain(&bytes)));
+            let (frames, end) = read_chain(&bytes);
+            scanned.push((path, frames, end, !starts_empty(&bytes)));
         }
-        scanned.sort_by_key(|(_, frames)| frames.first().map_or(0, |f| f.seq));
+        if required && scanned.is_empty() {
+            return Err(StoreError::Log(format!(
+                "{} {}; svcmeta.redb was not closed cleanly, so the log may hold acknowledged \
+                 writes that it lacks: put back the wal directory that belongs with it (to open \
+                 svcmeta.redb alone anyway, create an empty file {}/segment-00000000.log)",
+                dir.display(),
+                if existed {
+                    "holds no segment"
+                } else {
+                    "is missing"
+                },
+                dir.display()
+            )));
+        }
+        scanned.sort_by_key(|(_, frames, _, _)| frames.first().map_or(0, |f| f.seq));
         let mut expected = applied + 1;
         let mut recovered = Vec::new();
         let mut sealed = Vec::new();
-        for (path, frames) in scanned {
+        let mut to_check = Vec::new();
+        for (path, frames, end, live) in scanned {
             let last_seq = frames.last().map_or(0, |f| f.seq);
             for frame in frames {
                 if frame.seq <= applied {
@@ -222,7 +287,24 @@ impl WriteAheadLog {
                 expected += 1;
                 recovered.push(frame);
             }
+            if live {
+                to_check.push((path.clone(), end));
+            }
             sealed.push(SealedSegment { path, last_seq });
+        }
+        let last = expected - 1;
+        for (path, end) in to_check {
+            let bytes = std::fs::read(&path).map_err(|e| io_error(&path, e))?;
+            if let Some((offset, seq)) = later_frame(&bytes, end.saturating_add(1), last) {
+                return Err(StoreError::Corrupt {
+                    key: format!("write-ahead log {}", path.display()),
+                    reason: format!(
+                        "the frame at byte {end} is damaged and frame {seq} (byte {offset}) \
+                         follows it: frames up to {last} could be read, acknowledged writes \
+                         after it would be lost; restore the data directory from a backup"
+                    ),
+                });
+            }
         }
         let unapplied_bytes = recovered.iter().map(|f| f.bytes).sum();
         let log = WriteAheadLog {
@@ -274,8 +356,10 @@ impl WriteAheadLog {
             .as_ref()
             .is_some_and(|a| a.offset == 0 || a.offset + frame_bytes <= SEGMENT_BYTES);
         if !fits {
-            if let Err(error) = self.start_segment(&mut state) {
-                state.failure = Some(format!("starting a segment failed: {error}"));
+            if let Err((error, full)) = self.start_segment(&mut state) {
+                if !full {
+                    state.failure = Some(format!("starting a segment failed: {error}"));
+                }
                 return Err(error);
             }
         }
@@ -292,10 +376,16 @@ impl WriteAheadLog {
             .write_all_at(&frame, active.offset)
             .and_then(|()| active.file.sync_data());
         if let Err(source) = written {
-            let error = io_error(&active.path, source);
-            // After a failed write or fsync the file's state is unknown: take no more frames
-            // (the frame may or may not survive a restart).
-            state.failure = Some(format!("a write failed, restart to recover: {error}"));
+            let full = source.kind() == std::io::ErrorKind::StorageFull;
+            let error = write_error(&active.path, source);
+            if !full {
+                // After a failed fsync (or a write failing for another reason) the file's
+                // state is unknown: take no more frames (this one may or may not survive a
+                // restart).
+                state.failure = Some(format!("a write failed, restart to recover: {error}"));
+            }
+            // A full disk leaves the frame unwritten or partly written and unacknowledged:
+            // the next frame is written at the same place, with the same number.
             return Err(error);
         }
         active.offset += frame_bytes;
@@ -308,8 +398,13 @@ impl WriteAheadLog {
         })
     }
 
-    /// Seals the active segment and makes a spare (or a new file) the active one.
-    fn start_segment(&self, state: &mut LogState) -> Result<(), StoreError> {
+    /// Seals the active segment and makes a spare (or a new file) the active one. An error
+    /// says whether the disk was full (which a later write may get past).
+    fn start_segment(&self, state: &mut LogState) -> Result<(), (StoreError, bool)> {
+        let failed = |path: &Path, source: std::io::Error| {
+            let full = source.kind() == std::io::ErrorKind::StorageFull;
+            (write_error(path, source), full)
+        };
         if let Some(active) = state.active.take() {
             state.sealed.push(SealedSegment {
                 path: active.path,
@@ -323,11 +418,13 @@ impl WriteAheadLog {
             None => {
                 let path = self.segment_path(state.next_number);
                 state.next_number += 1;
-                let file = File::create_new(&path).map_err(|e| io_error(&path, e))?;
-                file.set_len(SEGMENT_BYTES)
-                    .and_then(|()| file.sync_all())
-                    .map_err(|e| io_error(&path, e))?;
-                sync_dir(&self.dir)?;
+                let created = File::create_new(&path)
+                    .and_then(|file| file.set_len(SEGMENT_BYTES).and_then(|()| file.sync_all()))
+                    .and_then(|()| File::open(&self.dir).and_then(|d| d.sync_all()));
+                if let Err(source) = created {
+                    let _ = std::fs::remove_file(&path);
+                    return Err(failed(&path, source));
+                }
                 path
             }
         };
@@ -335,7 +432,7 @@ impl WriteAheadLog {
             .read(true)
             .write(true)
             .open(&path)
-            .map_err(|e| io_error(&path, e))?;
+            .map_err(|source| failed(&path, source))?;
         state.active = Some(ActiveSegment {
             path,
             file,

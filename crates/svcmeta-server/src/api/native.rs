@@ -638,14 +638,30 @@ pub(crate) async fn stats(
 }
 
 /// `GET /healthz`: `status` is `ok`, or `stale` while the shared store (Redis) is
-/// unreachable and reads come from this node's last known state (still 200: the node serves).
+/// unreachable and reads come from this node's last known state (still 200: the node serves),
+/// or `failing` (503, with the `problem`) once the embedded store takes no more writes.
 pub(crate) async fn healthz(State(state): State<Arc<AppState>>) -> Response {
     let revision = state.catalog.revision();
+    let problem = state.catalog.store_problem();
+    let status = if problem.is_some() {
+        "failing"
+    } else if state.catalog.is_stale() {
+        "stale"
+    } else {
+        "ok"
+    };
     let mut body = json!({
-        "status": if state.catalog.is_stale() { "stale" } else { "ok" },
+        "status": status,
         "store": state.catalog.store_kind(),
         "revision": revision,
     });
+    if let Some(problem) = problem {
+        // Writes fail until a restart: a load balancer should stop sending them here.
+        body["problem"] = json!(problem);
+        let mut response = with_index(revision, Json(body));
+        *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        return response;
+    }
     if let Some(replication) = state.catalog.replication() {
         body["replication"] = json!(replication);
     }

@@ -34,7 +34,9 @@ pub(crate) fn run(
         for warning in &parsed.warnings {
             eprintln!("{name}: {warning}");
         }
-        // Check every record first: a file is imported whole or not at all.
+        // Check every record first: a file with any invalid record imports nothing. (The
+        // valid file is then written in batches; a process killed part-way leaves the
+        // batches written so far, and running the import again completes it.)
         let mut problems = Vec::new();
         for (position, draft) in parsed.drafts.iter().enumerate() {
             if let Err(errors) = validate(draft.clone(), limits) {
