@@ -275,14 +275,13 @@ impl WriteAheadLog {
                     continue;
                 }
                 if frame.seq != expected {
-                    return Err(StoreError::Corrupt {
-                        key: format!("write-ahead log {}", path.display()),
-                        reason: format!(
-                            "frame {} follows frame {}: frames are missing",
-                            frame.seq,
-                            expected - 1
-                        ),
-                    });
+                    return Err(StoreError::Log(format!(
+                        "{}: frame {} follows frame {}: frames are missing; restore the data \
+                         directory from a backup",
+                        path.display(),
+                        frame.seq,
+                        expected - 1
+                    )));
                 }
                 expected += 1;
                 recovered.push(frame);
@@ -296,14 +295,12 @@ impl WriteAheadLog {
         for (path, end) in to_check {
             let bytes = std::fs::read(&path).map_err(|e| io_error(&path, e))?;
             if let Some((offset, seq)) = later_frame(&bytes, end.saturating_add(1), last) {
-                return Err(StoreError::Corrupt {
-                    key: format!("write-ahead log {}", path.display()),
-                    reason: format!(
-                        "the frame at byte {end} is damaged and frame {seq} (byte {offset}) \
-                         follows it: frames up to {last} could be read, acknowledged writes \
-                         after it would be lost; restore the data directory from a backup"
-                    ),
-                });
+                return Err(StoreError::Log(format!(
+                    "{}: the frame at byte {end} is damaged and frame {seq} (byte {offset}) \
+                     follows it: frames up to {last} could be read, the acknowledged writes \
+                     after them would be lost; restore the data directory from a backup",
+                    path.display()
+                )));
             }
         }
         let unapplied_bytes = recovered.iter().map(|f| f.bytes).sum();

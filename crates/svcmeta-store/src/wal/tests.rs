@@ -118,7 +118,7 @@ fn a_damaged_frame_with_frames_after_it_is_an_error_not_a_silent_loss() {
     // One bit inside the second frame's body: frame 3 is intact after it.
     flip_byte(&segment, 56 + 16 + 7);
     let error = WriteAheadLog::open(&dir.0, 0, false).unwrap_err();
-    assert!(matches!(error, StoreError::Corrupt { .. }), "{error:?}");
+    assert!(matches!(error, StoreError::Log(_)), "{error:?}");
     let text = error.to_string();
     assert!(text.contains("frame 3"), "{text}");
     assert!(text.contains("frames up to 1"), "{text}");
@@ -215,7 +215,7 @@ fn missing_frames_are_an_error_not_a_silent_gap() {
     std::fs::remove_file(&files[1]).unwrap();
     let error = WriteAheadLog::open(&dir.0, 0, false).unwrap_err();
     assert!(
-        matches!(error, StoreError::Corrupt { .. }),
+        matches!(error, StoreError::Log(_)),
         "{error:?} should say frames are missing"
     );
     assert!(error.to_string().contains("frames are missing"), "{error}");
