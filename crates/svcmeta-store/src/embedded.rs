@@ -16,6 +16,7 @@
 //! [`StoreError::Locked`] instead of sharing the directory (the log is only touched by the
 //! process that holds the lock).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -149,17 +150,22 @@ impl<'t> Tables<'t> {
     }
 
     fn write_leases(&mut self, leases: &[(String, Option<u64>)]) -> Result<(), StoreError> {
+        self.write_lease_deadlines(leases.iter().map(|(id, deadline)| (id.as_str(), *deadline)))
+    }
+
+    fn write_lease_deadlines<'a>(
+        &mut self,
+        leases: impl IntoIterator<Item = (&'a str, Option<u64>)>,
+    ) -> Result<(), StoreError> {
         for (id, deadline) in leases {
             match deadline {
                 Some(deadline) => {
                     self.leases
-                        .insert(id.as_str(), *deadline)
+                        .insert(id, deadline)
                         .map_err(StoreError::database)?;
                 }
                 None => {
-                    self.leases
-                        .remove(id.as_str())
-                        .map_err(StoreError::database)?;
+                    self.leases.remove(id).map_err(StoreError::database)?;
                 }
             }
         }
@@ -206,13 +212,24 @@ fn checkpoint(database: &Database, writes: &[LoggedWrite]) -> Result<(), StoreEr
     let txn = database.begin_write().map_err(StoreError::database)?;
     {
         let mut tables = Tables::open(&txn)?;
+        // Only each id's last change and last lease deadline matter, and writing them in key
+        // order walks the B-tree once from left to right instead of jumping between pages
+        // (at 1M instances the tree is far larger than redb's page cache).
+        let mut changes: BTreeMap<&str, &Change> = BTreeMap::new();
+        let mut leases: BTreeMap<&str, Option<u64>> = BTreeMap::new();
         for write in writes {
             for change in &write.changes {
-                tables.write_change(change)?;
+                changes.insert(change.id(), change);
+            }
+            for (id, deadline) in &write.leases {
+                leases.insert(id.as_str(), *deadline);
             }
             tables.write_events(&write.events)?;
-            tables.write_leases(&write.leases)?;
         }
+        for change in changes.into_values() {
+            tables.write_change(change)?;
+        }
+        tables.write_lease_deadlines(leases)?;
         let oldest = writes
             .iter()
             .find_map(|w| w.events.first())

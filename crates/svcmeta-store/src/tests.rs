@@ -478,3 +478,47 @@ fn the_directory_stays_locked_even_if_the_database_file_is_removed() {
     drop(held);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn one_checkpoint_of_many_writes_to_one_id_keeps_the_last() {
+    let dir = temp_dir("checkpoint-last");
+    let mut state = std::collections::HashMap::new();
+    let a1 = instance("a", 1);
+    let a2 = revised(&a1, 2, |i| i.fields.port = 2);
+    let a4 = revised(&a1, 4, |i| i.fields.port = 4);
+    {
+        let store = Store::open_embedded(&dir).unwrap();
+        // All within one checkpoint interval: the checkpoint sees every batch at once.
+        let remove = |revision| Change::Remove {
+            id: "a".to_string(),
+            revision,
+            service: "web".to_string(),
+        };
+        let lease = |deadline| vec![("a".to_string(), deadline)];
+        commit_changes(&store, &mut state, vec![Change::Put(a1)], lease(Some(10)));
+        commit_changes(&store, &mut state, vec![Change::Put(a2)], lease(Some(20)));
+        commit_changes(&store, &mut state, vec![remove(3)], lease(None));
+        commit_changes(
+            &store,
+            &mut state,
+            vec![Change::Put(Arc::clone(&a4))],
+            vec![],
+        );
+        commit_changes(
+            &store,
+            &mut state,
+            vec![Change::Put(instance("b", 5))],
+            lease(Some(50)),
+        );
+        let snapshot = store.load().unwrap();
+        let ids: Vec<&str> = snapshot.instances.iter().map(|i| i.id()).collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert_eq!(snapshot.instances[0], *a4);
+        assert_eq!(snapshot.leases, vec![("a".to_string(), 50)]);
+        assert_eq!(snapshot.events.len(), 5, "every event is kept");
+    }
+    let snapshot = Store::open_embedded(&dir).unwrap().load().unwrap();
+    assert_eq!(snapshot.instances[0], *a4);
+    assert_eq!(snapshot.revision, 5);
+    let _ = std::fs::remove_dir_all(&dir);
+}
