@@ -11,10 +11,11 @@
 //!
 //! redb tables: `instances` (id → record, see `codec.rs`), `events` (revision → change event,
 //! the retained history for resumable watches), `leases` (id → lease deadline in Unix ms) and
-//! `meta` (`revision` → the newest revision written, `log_applied`, `format` → the file format
-//! version). redb takes an exclusive file lock, so a second process gets
-//! [`StoreError::Locked`] instead of sharing the directory (the log is only touched by the
-//! process that holds the lock).
+//! `meta` (`revision` → the newest revision written, `log_applied`, `clean_close` → 1 once the
+//! store was closed with every logged batch in the file, `format` → the file format version).
+//! A lock on `svcmeta.lock` (and redb's own file lock) makes a second process get
+//! [`StoreError::Locked`] instead of sharing the directory; only the lock holder touches the
+//! log. A new database file is made under a temporary name and renamed once whole.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
