@@ -1121,11 +1121,11 @@ impl Shared {
                 tracing::error!(%error, "commit failed; the batch was not applied");
                 let message = error.to_string();
                 for request in accepted {
-                    let _ = request
-                        .reply
-                        .send(Err(WriteError::Store(StoreError::Database(
-                            message.clone(),
-                        ))));
+                    let answer = match &error {
+                        StoreError::SyncFailed(reason) => StoreError::SyncFailed(reason.clone()),
+                        _ => StoreError::Database(message.clone()),
+                    };
+                    let _ = request.reply.send(Err(WriteError::Store(answer)));
                 }
                 return;
             }

@@ -56,6 +56,10 @@ pub enum StoreError {
     /// Redis answered with an error or an unexpected reply (or its URL is wrong).
     #[error("redis: {0}")]
     Redis(String),
+    /// The embedded store could not make a write durable (an fsync failed): it may or may not
+    /// survive a restart, and the store takes no more writes until then.
+    #[error("the write may or may not have been kept: {0}")]
+    SyncFailed(String),
     /// The embedded store's write-ahead log failed earlier or refused a batch.
     #[error("write-ahead log: {0}")]
     Log(String),

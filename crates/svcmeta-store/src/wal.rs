@@ -368,22 +368,24 @@ impl WriteAheadLog {
         let Some(active) = state.active.as_mut() else {
             return Err(StoreError::Log("no segment to write to".to_string()));
         };
-        let written = active
-            .file
-            .write_all_at(&frame, active.offset)
-            .and_then(|()| active.file.sync_data());
-        if let Err(source) = written {
+        if let Err(source) = active.file.write_all_at(&frame, active.offset) {
             let full = source.kind() == std::io::ErrorKind::StorageFull;
             let error = write_error(&active.path, source);
             if !full {
-                // After a failed fsync (or a write failing for another reason) the file's
-                // state is unknown: take no more frames (this one may or may not survive a
-                // restart).
                 state.failure = Some(format!("a write failed, restart to recover: {error}"));
             }
-            // A full disk leaves the frame unwritten or partly written and unacknowledged:
-            // the next frame is written at the same place, with the same number.
+            // A write the disk had no room for left the frame partly written at most (a frame
+            // cut short never reads as one): the next frame goes to the same place with the
+            // same number.
             return Err(error);
+        }
+        if let Err(source) = active.file.sync_data() {
+            let error = write_error(&active.path, source);
+            // After a failed fsync the file's state is unknown (the whole frame may still
+            // reach the disk later): take no more frames, and say that this one may or may
+            // not survive a restart.
+            state.failure = Some(format!("an fsync failed, restart to recover: {error}"));
+            return Err(StoreError::SyncFailed(error.to_string()));
         }
         active.offset += frame_bytes;
         state.active_last_seq = seq;

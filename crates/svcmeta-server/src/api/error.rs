@@ -127,6 +127,16 @@ impl From<WriteError> for ApiError {
                      or may not have been made: read the instance before retrying"
                 ),
             ),
+            WriteError::Store(svcmeta_store::StoreError::SyncFailed(reason)) => {
+                tracing::error!(%reason, "fsync failed");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the store could not make the write durable (an fsync failed): it may or may \
+                     not be kept after a restart, so read the instance before retrying; this \
+                     server takes no more writes until it is restarted",
+                )
+            }
             WriteError::Store(store) => {
                 tracing::error!(error = %store, "store failure");
                 ApiError::new(
