@@ -11,7 +11,10 @@
 //! is an overwrite. A reused segment still holds older frames after the new ones; their
 //! sequence numbers do not continue the chain, so reading stops there, as it does at a zeroed
 //! header, a length past the end, or a checksum that does not match (a frame torn by a crash,
-//! which was never acknowledged).
+//! which was never acknowledged). A torn frame is the last one written, so an intact frame
+//! with a higher number after the stopping point means the stopping frame was damaged, not
+//! torn: opening the log then fails rather than silently dropping the acknowledged frames
+//! after it. Frames missing between segments are an error too.
 //! This module knows nothing of what a frame body holds.
 
 use std::fs::{File, OpenOptions};
