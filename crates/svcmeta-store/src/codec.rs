@@ -207,25 +207,21 @@ fn decode_record(bytes: &[u8], interner: &mut Interner) -> Result<Instance, Stor
         key: String::new(),
         reason,
     };
-    let instance = match bytes.split_first() {
-        Some((&CHECKED_FORMAT, rest)) => {
-            let body = checked_body(rest).map_err(corrupt)?;
-            let record: RecordIn<'_> =
-                postcard::from_bytes(body).map_err(|e| corrupt(e.to_string()))?;
-            instance_of(record, interner).map_err(corrupt)?
-        }
-        Some((&BINARY_FORMAT, body)) => {
-            let record: RecordIn<'_> =
-                postcard::from_bytes(body).map_err(|e| corrupt(e.to_string()))?;
-            instance_of(record, interner).map_err(corrupt)?
-        }
-        Some((&RECORD_FORMAT, body)) => {
-            serde_json::from_slice(body).map_err(|e| corrupt(e.to_string()))?
-        }
-        Some((format, _)) => return Err(corrupt(format!("unknown record format {format}"))),
-        None => return Err(corrupt("empty record".to_string())),
+    let binary = |body: &[u8], interner: &mut Interner| -> Result<Instance, String> {
+        let record: RecordIn<'_> = postcard::from_bytes(body).map_err(|e| e.to_string())?;
+        instance_of(record, interner)
     };
-    Ok(instance)
+    match bytes.split_first() {
+        Some((&CHECKED_FORMAT, rest)) => checked_body(rest)
+            .and_then(|body| binary(body, interner))
+            .map_err(corrupt),
+        Some((&BINARY_FORMAT, body)) => binary(body, interner).map_err(corrupt),
+        Some((&RECORD_FORMAT, body)) => {
+            serde_json::from_slice(body).map_err(|e| corrupt(e.to_string()))
+        }
+        Some((format, _)) => Err(corrupt(format!("unknown record format {format}"))),
+        None => Err(corrupt("empty record".to_string())),
+    }
 }
 
 /// The binary event record format of builds before checksums (still read).
@@ -265,35 +261,33 @@ pub(crate) fn decode_event(
         key: format!("event {revision}"),
         reason,
     };
-    let binary_body = match bytes.split_first() {
-        Some((&CHECKED_EVENT_FORMAT, rest)) => Some(checked_body(rest).map_err(corrupt)?),
-        Some((&EVENT_FORMAT, body)) => Some(body),
-        _ => None,
+    let binary = |body: &[u8], interner: &mut Interner| -> Result<Event, String> {
+        let record: BinaryEvent<&[u8]> = postcard::from_bytes(body).map_err(|e| e.to_string())?;
+        let previous = match record.previous {
+            Some(previous) => Some(Arc::new(instance_of(previous, interner)?)),
+            None => None,
+        };
+        Ok(Event {
+            revision,
+            kind: record.kind,
+            instance: Arc::new(instance_of(record.instance, interner)?),
+            previous,
+        })
     };
-    match (binary_body, bytes.split_first()) {
-        (Some(body), _) => {
-            let record: BinaryEvent<&[u8]> =
-                postcard::from_bytes(body).map_err(|e| corrupt(e.to_string()))?;
-            let previous = match record.previous {
-                Some(previous) => Some(Arc::new(instance_of(previous, interner).map_err(corrupt)?)),
-                None => None,
-            };
-            Ok(Event {
-                revision,
-                kind: record.kind,
-                instance: Arc::new(instance_of(record.instance, interner).map_err(corrupt)?),
-                previous,
-            })
-        }
-        (None, Some((&RECORD_FORMAT, body))) => {
+    match bytes.split_first() {
+        Some((&CHECKED_EVENT_FORMAT, rest)) => checked_body(rest)
+            .and_then(|body| binary(body, interner))
+            .map_err(corrupt),
+        Some((&EVENT_FORMAT, body)) => binary(body, interner).map_err(corrupt),
+        Some((&RECORD_FORMAT, body)) => {
             let event: Event = serde_json::from_slice(body).map_err(|e| corrupt(e.to_string()))?;
             if event.revision != revision {
                 return Err(corrupt(format!("record holds revision {}", event.revision)));
             }
             Ok(event)
         }
-        (None, Some((format, _))) => Err(corrupt(format!("unknown record format {format}"))),
-        (None, None) => Err(corrupt("empty record".to_string())),
+        Some((format, _)) => Err(corrupt(format!("unknown record format {format}"))),
+        None => Err(corrupt("empty record".to_string())),
     }
 }
 
