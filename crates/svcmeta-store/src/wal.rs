@@ -132,12 +132,18 @@ fn segment_number(name: &str) -> Option<u64> {
         .ok()
 }
 
-/// The frame whose header starts at `offset`, if its length fits and its checksum matches.
-fn frame_at(bytes: &[u8], offset: usize) -> Option<(u64, &[u8])> {
+/// The header fields (length, checksum, sequence number) at `offset`, if 16 bytes are there.
+fn header_at(bytes: &[u8], offset: usize) -> Option<(usize, u32, u64)> {
     let header = bytes.get(offset..offset.checked_add(HEADER_BYTES)?)?;
     let len = u32::from_le_bytes(header.get(0..4)?.try_into().ok()?) as usize;
     let crc = u32::from_le_bytes(header.get(4..8)?.try_into().ok()?);
     let seq = u64::from_le_bytes(header.get(8..16)?.try_into().ok()?);
+    Some((len, crc, seq))
+}
+
+/// The frame whose header starts at `offset`, if its length fits and its checksum matches.
+fn frame_at(bytes: &[u8], offset: usize) -> Option<(u64, &[u8])> {
+    let (len, crc, seq) = header_at(bytes, offset)?;
     if len == 0 || seq == 0 || len > MAX_BODY_BYTES {
         return None;
     }
@@ -157,17 +163,9 @@ fn later_frame(bytes: &[u8], from: usize, last: u64) -> Option<(usize, u64)> {
         .rposition(|word| word.iter().any(|b| *b != 0))
         .map_or(0, |word| (word + 1) * 8);
     let mut offset = from;
-    while offset < written && offset + HEADER_BYTES <= bytes.len() {
+    while offset < written {
         // Cheap checks first: almost every offset fails on the length or the number.
-        let header = bytes.get(offset..offset + HEADER_BYTES)?;
-        let len = header
-            .get(0..4)
-            .and_then(|b| b.try_into().ok())
-            .map_or(0, u32::from_le_bytes) as usize;
-        let seq = header
-            .get(8..16)
-            .and_then(|b| b.try_into().ok())
-            .map_or(0, u64::from_le_bytes);
+        let (len, _, seq) = header_at(bytes, offset)?;
         let plausible = len > 0
             && len <= bytes.len() - offset - HEADER_BYTES
             && seq > last
@@ -210,10 +208,8 @@ fn read_chain(bytes: &[u8]) -> (Vec<RecoveredFrame>, usize) {
 }
 
 /// Makes a directory entry durable (a new segment file).
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io_error(dir, e))
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir).and_then(|d| d.sync_all())
 }
 
 impl WriteAheadLog {
@@ -422,7 +418,7 @@ impl WriteAheadLog {
                 state.next_number += 1;
                 let created = File::create_new(&path)
                     .and_then(|file| file.set_len(SEGMENT_BYTES).and_then(|()| file.sync_all()))
-                    .and_then(|()| File::open(&self.dir).and_then(|d| d.sync_all()));
+                    .and_then(|()| sync_dir(&self.dir));
                 if let Err(source) = created {
                     let _ = std::fs::remove_file(&path);
                     return Err(failed(&path, source));
@@ -519,8 +515,8 @@ impl WriteAheadLog {
             std::fs::rename(&staging, &path)
         })();
         match made
-            .map_err(|e| io_error(&staging, e))
             .and_then(|()| sync_dir(&self.dir))
+            .map_err(|e| io_error(&staging, e))
         {
             Ok(()) => self.lock().spares.push(path),
             Err(error) => {

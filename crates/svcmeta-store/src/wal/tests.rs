@@ -105,16 +105,21 @@ fn flip_byte(path: &Path, at: u64) {
     file.write_all_at(&[byte[0] ^ 0x10], at).unwrap();
 }
 
-#[test]
-fn a_damaged_frame_with_frames_after_it_is_an_error_not_a_silent_loss() {
-    let dir = TempDir::new("flipped");
+/// Writes frames 1 to 3 (56 bytes each) and returns the segment holding them.
+fn three_frames(dir: &Path) -> PathBuf {
     {
-        let (log, _) = WriteAheadLog::open(&dir.0, 0, false).unwrap();
+        let (log, _) = WriteAheadLog::open(dir, 0, false).unwrap();
         for n in 1..=3 {
             log.append(&body(n, 40)).unwrap();
         }
     }
-    let segment = segments(&dir.0).remove(0);
+    segments(dir).remove(0)
+}
+
+#[test]
+fn a_damaged_frame_with_frames_after_it_is_an_error_not_a_silent_loss() {
+    let dir = TempDir::new("flipped");
+    let segment = three_frames(&dir.0);
     // One bit inside the second frame's body: frame 3 is intact after it.
     flip_byte(&segment, 56 + 16 + 7);
     let error = WriteAheadLog::open(&dir.0, 0, false).unwrap_err();
@@ -130,13 +135,7 @@ fn a_damaged_frame_with_frames_after_it_is_an_error_not_a_silent_loss() {
 #[test]
 fn damage_in_the_last_frame_reads_as_a_torn_write() {
     let dir = TempDir::new("flipped-last");
-    {
-        let (log, _) = WriteAheadLog::open(&dir.0, 0, false).unwrap();
-        for n in 1..=3 {
-            log.append(&body(n, 40)).unwrap();
-        }
-    }
-    let segment = segments(&dir.0).remove(0);
+    let segment = three_frames(&dir.0);
     // Nothing follows frame 3, so it cannot be told from a write the crash cut short.
     flip_byte(&segment, 2 * 56 + 16 + 7);
     let (_, recovered) = WriteAheadLog::open(&dir.0, 0, false).unwrap();
