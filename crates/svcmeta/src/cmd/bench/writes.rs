@@ -13,7 +13,7 @@ use svcmeta_server::{Catalog, CatalogSettings};
 use svcmeta_store::Store;
 
 use super::data::for_each_batch;
-use super::measure::{rate, Latency};
+use super::measure::{rate, timed, Latency};
 
 /// Registrations per bulk write request.
 pub(crate) const BULK_BATCH: usize = 10_000;
@@ -302,11 +302,9 @@ pub(crate) fn fill_embedded(
 
     // The bulk load's last checkpoint is written now, so that it is not timed as part of the
     // next phase.
-    let flushed = Instant::now();
-    catalog
-        .flush_store()
-        .map_err(|e| anyhow::anyhow!("checkpointing the bulk load: {e}"))?;
-    let bulk_checkpoint_s = flushed.elapsed().as_secs_f64();
+    let (flushed, flush_time) = timed(|| catalog.flush_store());
+    flushed.map_err(|e| anyhow::anyhow!("checkpointing the bulk load: {e}"))?;
+    let bulk_checkpoint_s = flush_time.as_secs_f64();
     say(format_args!(
         "embedded: bulk load checkpointed in {bulk_checkpoint_s:.2} s; {} registrations by one writer",
         single.min(rest.len())
