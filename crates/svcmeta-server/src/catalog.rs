@@ -29,7 +29,7 @@ use svcmeta_core::{
     Mutation, MutationError, Page, PlanStep, Query, QueryAnswer, QueryCache, Registry,
     ServiceSummary,
 };
-use svcmeta_store::{Batch, LeaseClaim, Store, StoreError};
+use svcmeta_store::{Batch, InstanceChunk, LeaseClaim, LoadStrings, Store, StoreError};
 use tokio::sync::{oneshot, watch};
 
 use crate::metrics::QueryStats;
@@ -1153,7 +1153,7 @@ fn load_streaming(
     store: &Store,
     now: u64,
 ) -> Result<(svcmeta_store::Snapshot, Registry, Leases), StoreError> {
-    let (chunks, received) = mpsc::sync_channel::<Vec<Instance>>(4);
+    let (chunks, received) = mpsc::sync_channel::<InstanceChunk>(4);
     std::thread::scope(|scope| {
         let loader = scope.spawn(move || {
             store.load_with(&mut |chunk| {
@@ -1164,8 +1164,9 @@ fn load_streaming(
         let mut registry = Registry::new();
         registry.reserve(usize::try_from(store.stored_instances()).unwrap_or(0));
         let mut with_ttl: Vec<(String, u64)> = Vec::new();
+        let mut strings = LoadStrings::default();
         for chunk in received {
-            for instance in chunk {
+            for instance in chunk.into_instances(&mut strings) {
                 if let Some(ttl) = instance.fields.ttl_ms {
                     with_ttl.push((instance.id().to_string(), ttl));
                 }

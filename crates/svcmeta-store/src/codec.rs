@@ -13,8 +13,9 @@ use serde::{Deserialize, Serialize};
 use std::hash::BuildHasher as _;
 use std::sync::Arc;
 
-use svcmeta_core::{Change, Event, EventKind, Health, Instance, InstanceFields, Meta, Text};
+use svcmeta_core::{Change, Event, EventKind, Health, Instance, Text};
 
+use crate::chunk::{InstanceChunk, NumberedRecord};
 use crate::error::StoreError;
 use crate::Batch;
 
@@ -110,23 +111,59 @@ pub(crate) fn encode(instance: &Instance) -> Vec<u8> {
 /// carry is allocated once per loader instead of once per instance (a restart of a large
 /// store otherwise allocates, and the kernel zeroes, gigabytes it throws away at once). It
 /// is looked up by the stored bytes, so only a string not seen before is checked as UTF-8.
+///
+/// Each distinct string is numbered in the order first seen, and the table compares against
+/// its own copy of the bytes, never the shared [`Text`]: a load that decodes on one thread
+/// and indexes on another (see [`InstanceChunk`]) then has the decoding thread touch no
+/// memory the indexing thread uses. Cloning a shared string from the decoding thread bumps
+/// its reference count, which pulls the string's cache line away from the indexing thread
+/// that is reading it; on two cores that traffic cost more than the decoding itself.
 #[derive(Debug, Default)]
 pub(crate) struct Interner {
-    strings: hashbrown::HashTable<Text>,
+    /// Numbers of the distinct strings, found by hash and compared through `spans`.
+    numbers: hashbrown::HashTable<u32>,
+    /// Every distinct string's bytes, one after another (the decoding thread's own copy).
+    bytes: Vec<u8>,
+    /// Where each numbered string lies in `bytes`.
+    spans: Vec<(usize, usize)>,
+    /// The shared string of each number.
+    texts: Vec<Text>,
     hasher: hashbrown::DefaultHashBuilder,
 }
 
 impl Interner {
-    fn text(&mut self, bytes: &[u8]) -> Result<Text, String> {
+    /// The number of `bytes`, numbering it (and making its shared string) if it is new.
+    fn number(&mut self, bytes: &[u8]) -> Result<u32, String> {
         let hash = self.hasher.hash_one(bytes);
-        if let Some(known) = self.strings.find(hash, |t| t.as_bytes() == bytes) {
-            return Ok(Text::clone(known));
+        let (arena, spans) = (&self.bytes, &self.spans);
+        let stored = |number: &u32| {
+            let (start, end) = spans[*number as usize];
+            &arena[start..end]
+        };
+        if let Some(known) = self.numbers.find(hash, |n| stored(n) == bytes) {
+            return Ok(*known);
         }
         let text = Text::from(utf8(bytes)?);
-        let hasher = &self.hasher;
-        self.strings
-            .insert_unique(hash, Text::clone(&text), |t| hasher.hash_one(t.as_bytes()));
-        Ok(text)
+        let number = u32::try_from(self.texts.len())
+            .map_err(|_| "more distinct strings than a load can number".to_string())?;
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(bytes);
+        self.spans.push((start, self.bytes.len()));
+        self.texts.push(text);
+        let (arena, spans, hasher) = (&self.bytes, &self.spans, &self.hasher);
+        self.numbers.insert_unique(hash, number, |n| {
+            let (start, end) = spans[*n as usize];
+            hasher.hash_one(&arena[start..end])
+        });
+        Ok(number)
+    }
+
+    /// Shared strings numbered since the last call, in number order (for the indexing side's
+    /// [`LoadStrings`]).
+    fn take_new(&mut self, handed_over: &mut usize) -> Vec<Text> {
+        let new = self.texts[*handed_over..].to_vec();
+        *handed_over = self.texts.len();
+        new
     }
 }
 
@@ -170,30 +207,104 @@ pub(crate) fn decode_any(bytes: &[u8]) -> Result<Instance, StoreError> {
 
 /// Builds the instance a binary record describes.
 fn instance_of(record: RecordIn<'_>, interner: &mut Interner) -> Result<Instance, String> {
-    let mut text = |bytes: &[u8]| interner.text(bytes);
-    let tags = record
-        .tags
-        .into_iter()
-        .map(&mut text)
-        .collect::<Result<Box<[Text]>, String>>()?;
-    let meta = record
-        .meta
-        .into_iter()
-        .map(|(k, v)| Ok((text(k)?, text(v)?)))
-        .collect::<Result<Vec<(Text, Text)>, String>>()?;
-    Ok(Instance {
-        fields: InstanceFields {
-            id: utf8(record.id)?.to_string(),
-            service: text(record.service)?,
-            address: utf8(record.address)?.to_string(),
-            port: record.port,
-            tags,
-            version: record.version.map(&mut text).transpose()?,
-            environment: record.environment.map(&mut text).transpose()?,
-            region: record.region.map(&mut text).transpose()?,
-            meta: meta.into_iter().collect::<Meta>(),
-            ttl_ms: record.ttl_ms,
-        },
+    let mut numbers = Vec::with_capacity(record.tags.len() + 2 * record.meta.len());
+    let numbered = number_record(record, interner, &mut numbers)?;
+    Ok(numbered.build(&mut numbers.into_iter(), &interner.texts))
+}
+
+/// The body of a stored instance record, by format.
+enum RecordBody<'a> {
+    /// A postcard body (formats 2 and 4, its checksum checked).
+    Binary(&'a [u8]),
+    /// A JSON body (format 1).
+    Json(&'a [u8]),
+}
+
+fn record_body(bytes: &[u8]) -> Result<RecordBody<'_>, String> {
+    match bytes.split_first() {
+        Some((&CHECKED_FORMAT, rest)) => checked_body(rest).map(RecordBody::Binary),
+        Some((&BINARY_FORMAT, body)) => Ok(RecordBody::Binary(body)),
+        Some((&RECORD_FORMAT, body)) => Ok(RecordBody::Json(body)),
+        Some((format, _)) => Err(format!("unknown record format {format}")),
+        None => Err("empty record".to_string()),
+    }
+}
+
+fn decode_record(bytes: &[u8], interner: &mut Interner) -> Result<Instance, StoreError> {
+    let decoded = match record_body(bytes) {
+        Ok(RecordBody::Binary(body)) => postcard::from_bytes::<RecordIn<'_>>(body)
+            .map_err(|e| e.to_string())
+            .and_then(|record| instance_of(record, interner)),
+        Ok(RecordBody::Json(body)) => serde_json::from_slice(body).map_err(|e| e.to_string()),
+        Err(reason) => Err(reason),
+    };
+    decoded.map_err(|reason| StoreError::Corrupt {
+        key: String::new(),
+        reason,
+    })
+}
+
+/// Decodes the record stored under `key` into `chunk`, its shared strings numbered by
+/// `interner` (see [`InstanceChunk`]); returns the record's modify revision.
+pub(crate) fn decode_into_chunk(
+    key: &str,
+    bytes: &[u8],
+    interner: &mut Interner,
+    chunk: &mut InstanceChunk,
+) -> Result<u64, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        key: key.to_string(),
+        reason,
+    };
+    let record = match record_body(bytes).map_err(corrupt)? {
+        RecordBody::Binary(body) => {
+            postcard::from_bytes::<RecordIn<'_>>(body).map_err(|e| corrupt(e.to_string()))?
+        }
+        RecordBody::Json(_) => {
+            let instance = decode_interned(key, bytes, interner)?;
+            let revision = instance.modify_revision;
+            chunk.made.push(instance);
+            return Ok(revision);
+        }
+    };
+    if record.id != key.as_bytes() {
+        return Err(corrupt(format!(
+            "record holds id {:?}",
+            String::from_utf8_lossy(record.id)
+        )));
+    }
+    let numbered = number_record(record, interner, &mut chunk.numbers).map_err(corrupt)?;
+    let revision = numbered.modify_revision;
+    chunk.numbered.push(numbered);
+    Ok(revision)
+}
+
+/// A binary record with its shared strings numbered; its tag and meta numbers are appended
+/// to `numbers`.
+fn number_record(
+    record: RecordIn<'_>,
+    interner: &mut Interner,
+    numbers: &mut Vec<u32>,
+) -> Result<NumberedRecord, String> {
+    let mut number = |bytes: &[u8]| interner.number(bytes);
+    for tag in &record.tags {
+        numbers.push(number(tag)?);
+    }
+    for (key, value) in &record.meta {
+        numbers.push(number(key)?);
+        numbers.push(number(value)?);
+    }
+    Ok(NumberedRecord {
+        id: utf8(record.id)?.to_string(),
+        address: utf8(record.address)?.to_string(),
+        port: record.port,
+        service: number(record.service)?,
+        version: record.version.map(&mut number).transpose()?,
+        environment: record.environment.map(&mut number).transpose()?,
+        region: record.region.map(&mut number).transpose()?,
+        tags: record.tags.len(),
+        meta_pairs: record.meta.len(),
+        ttl_ms: record.ttl_ms,
         health: record.health,
         create_revision: record.create_revision,
         modify_revision: record.modify_revision,
@@ -202,26 +313,13 @@ fn instance_of(record: RecordIn<'_>, interner: &mut Interner) -> Result<Instance
     })
 }
 
-fn decode_record(bytes: &[u8], interner: &mut Interner) -> Result<Instance, StoreError> {
-    let corrupt = |reason: String| StoreError::Corrupt {
-        key: String::new(),
-        reason,
-    };
-    let binary = |body: &[u8], interner: &mut Interner| -> Result<Instance, String> {
-        let record: RecordIn<'_> = postcard::from_bytes(body).map_err(|e| e.to_string())?;
-        instance_of(record, interner)
-    };
-    match bytes.split_first() {
-        Some((&CHECKED_FORMAT, rest)) => checked_body(rest)
-            .and_then(|body| binary(body, interner))
-            .map_err(corrupt),
-        Some((&BINARY_FORMAT, body)) => binary(body, interner).map_err(corrupt),
-        Some((&RECORD_FORMAT, body)) => {
-            serde_json::from_slice(body).map_err(|e| corrupt(e.to_string()))
-        }
-        Some((format, _)) => Err(corrupt(format!("unknown record format {format}"))),
-        None => Err(corrupt("empty record".to_string())),
-    }
+/// Hands the strings `interner` numbered since the last chunk to `chunk`.
+pub(crate) fn hand_over_strings(
+    interner: &mut Interner,
+    handed_over: &mut usize,
+    chunk: &mut InstanceChunk,
+) {
+    chunk.new_strings = interner.take_new(handed_over);
 }
 
 /// The binary event record format of builds before checksums (still read).

@@ -28,8 +28,9 @@ use redb::{
     Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table,
     TableDefinition, WriteTransaction,
 };
-use svcmeta_core::{Change, Event, Instance};
+use svcmeta_core::{Change, Event};
 
+use crate::chunk::{InstanceChunk, LoadStrings};
 use crate::codec;
 use crate::error::StoreError;
 use crate::wal::WriteAheadLog;
@@ -453,7 +454,9 @@ impl EmbeddedStore {
     /// Reads every instance and the newest revision.
     pub fn load(&self) -> Result<Snapshot, StoreError> {
         let mut instances = Vec::new();
-        let mut snapshot = self.load_with(&mut |chunk| instances.extend(chunk))?;
+        let mut strings = LoadStrings::default();
+        let mut snapshot =
+            self.load_with(&mut |chunk| instances.extend(chunk.into_instances(&mut strings)))?;
         snapshot.instances = instances;
         Ok(snapshot)
     }
@@ -463,7 +466,7 @@ impl EmbeddedStore {
     /// returned snapshot has everything else and no instances.
     pub fn load_with(
         &self,
-        on_instances: &mut dyn FnMut(Vec<Instance>),
+        on_instances: &mut dyn FnMut(InstanceChunk),
     ) -> Result<Snapshot, StoreError> {
         self.flush()?;
         let txn = self.database.begin_read().map_err(StoreError::database)?;
@@ -475,23 +478,26 @@ impl EmbeddedStore {
             .unwrap_or(0);
         // Instances first, so that indexing starts at once; events and leases are read while
         // the last chunks are indexed. Records are decoded straight from the database's pages,
-        // sharing strings.
+        // their shared strings numbered (see `InstanceChunk`).
         const CHUNK: usize = 16_384;
         let table = txn.open_table(INSTANCES).map_err(StoreError::database)?;
         let mut interner = codec::Interner::default();
-        let mut chunk: Vec<Instance> = Vec::with_capacity(CHUNK);
+        let mut handed_over = 0;
+        let mut chunk = InstanceChunk::default();
         // A record can never be newer than the revision stored with it, but be robust.
         let mut newest = 0;
         for entry in table.iter().map_err(StoreError::database)? {
             let (key, value) = entry.map_err(StoreError::database)?;
-            let instance = codec::decode_interned(key.value(), value.value(), &mut interner)?;
-            newest = newest.max(instance.modify_revision);
-            chunk.push(instance);
+            let modified =
+                codec::decode_into_chunk(key.value(), value.value(), &mut interner, &mut chunk)?;
+            newest = newest.max(modified);
             if chunk.len() == CHUNK {
-                on_instances(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)));
+                codec::hand_over_strings(&mut interner, &mut handed_over, &mut chunk);
+                on_instances(std::mem::take(&mut chunk));
             }
         }
         if !chunk.is_empty() {
+            codec::hand_over_strings(&mut interner, &mut handed_over, &mut chunk);
             on_instances(chunk);
         }
         let mut events = Vec::new();

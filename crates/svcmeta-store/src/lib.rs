@@ -6,6 +6,7 @@
 //! [`Store::load`] on start. Writes arrive as batches of already-sequenced changes
 //! ([`Store::commit`]); batching is what makes group commit possible.
 
+mod chunk;
 mod codec;
 mod embedded;
 mod error;
@@ -18,6 +19,7 @@ use std::path::Path;
 
 use svcmeta_core::{Change, Event, Instance};
 
+pub use chunk::{InstanceChunk, LoadStrings};
 pub use embedded::{EmbeddedStore, DATABASE_FILE};
 pub use error::StoreError;
 pub use shared::{
@@ -102,13 +104,15 @@ impl Store {
     /// chunks as they are decoded; the returned snapshot has no instances.
     pub fn load_with(
         &self,
-        on_instances: &mut dyn FnMut(Vec<Instance>),
+        on_instances: &mut dyn FnMut(InstanceChunk),
     ) -> Result<Snapshot, StoreError> {
         match self {
             Store::Embedded(store) => store.load_with(on_instances),
             _ => {
                 let mut snapshot = self.load()?;
-                on_instances(std::mem::take(&mut snapshot.instances));
+                on_instances(InstanceChunk::of_instances(std::mem::take(
+                    &mut snapshot.instances,
+                )));
                 Ok(snapshot)
             }
         }

@@ -18,6 +18,11 @@ fn instance(id: &str, revision: u64) -> Arc<Instance> {
         version: Some("v2".to_string()),
         ..InstanceDraft::default()
     };
+    stored(draft, revision)
+}
+
+/// The passing instance `draft` describes, as a write at `revision` stores it.
+fn stored(draft: InstanceDraft, revision: u64) -> Arc<Instance> {
     let fields = validate(draft, &Limits::standard())
         .unwrap()
         .fields()
@@ -521,4 +526,62 @@ fn one_checkpoint_of_many_writes_to_one_id_keeps_the_last() {
     assert_eq!(snapshot.instances[0], *a4);
     assert_eq!(snapshot.revision, 5);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A load longer than one chunk: strings first seen in one chunk are used by later ones, each
+/// instance comes back exactly as written, and equal strings are shared across chunks.
+#[test]
+fn a_load_over_several_chunks_rebuilds_every_instance_and_shares_strings() {
+    let dir = temp_dir("chunks");
+    let count = 40_000;
+    let written: Vec<Arc<Instance>> = (0..count)
+        .map(|n| {
+            let draft = InstanceDraft {
+                id: format!("svc-{n:06}"),
+                service: format!("service-{}", n % 7),
+                address: format!("10.0.{}.{}", n / 256 % 256, n % 256),
+                port: (n % 60_000) as i64,
+                tags: vec![format!("shard={}", n % 13), "common".to_string()],
+                meta: BTreeMap::from([
+                    ("build".to_string(), format!("{}", n / 1000)),
+                    ("owner".to_string(), format!("ö-{}", n % 3)),
+                ]),
+                version: Some(format!("1.{}.0", n % 5)),
+                environment: (n % 2 == 0).then(|| "prod".to_string()),
+                region: (n % 3 == 0).then(|| "eu-west-1".to_string()),
+                ..InstanceDraft::default()
+            };
+            stored(draft, n as u64 + 1)
+        })
+        .collect();
+    {
+        let store = Store::open_embedded(&dir).unwrap();
+        let puts: Vec<Change> = written.iter().cloned().map(Change::Put).collect();
+        store.commit(&changes(&puts, &[], count as u64)).unwrap();
+    }
+    let store = Store::open_embedded(&dir).unwrap();
+    let mut chunk_sizes = Vec::new();
+    let mut strings = LoadStrings::default();
+    let mut loaded = Vec::new();
+    store
+        .load_with(&mut |chunk| {
+            chunk_sizes.push(chunk.len());
+            loaded.extend(chunk.into_instances(&mut strings));
+        })
+        .unwrap();
+    assert!(chunk_sizes.len() >= 2, "one chunk only: {chunk_sizes:?}");
+    assert_eq!(loaded.len(), count);
+    for (loaded, written) in loaded.iter().zip(&written) {
+        assert_eq!(loaded, written.as_ref());
+    }
+    let (first, last) = (&loaded[0], &loaded[count - 1 - (count - 1) % 13]);
+    assert_eq!(first.fields.tags[0], last.fields.tags[0]);
+    assert!(svcmeta_core::Text::ptr_eq(
+        &first.fields.tags[0],
+        &last.fields.tags[0]
+    ));
+    assert!(svcmeta_core::Text::ptr_eq(
+        first.fields.environment.as_ref().unwrap(),
+        last.fields.environment.as_ref().unwrap()
+    ));
 }
