@@ -122,50 +122,223 @@ fn compact<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
     }
 }
 
+/// The posting lists a [`LoadBuffer`] collects slots for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum List {
+    Service,
+    Tag,
+    Version,
+    Environment,
+    Region,
+    MetaKey,
+    MetaValue,
+}
+
+/// Slots collected for one posting list while loading.
+#[derive(Debug)]
+struct Pending {
+    list: List,
+    /// The value (kept, so the address it is found by stays its own).
+    value: Text,
+    /// The meta key of a meta value.
+    within: Option<Text>,
+    /// Whether the value is the index's own string (as its first posting found).
+    shared: bool,
+    /// Slots, ascending, not yet in the bitmap.
+    slots: Vec<u32>,
+}
+
+/// Postings of a bulk load not yet in their bitmaps. A restart indexes records in slot
+/// order whose strings are shared (one allocation per distinct value), so after a value's
+/// first posting, later ones are found by the string's address (no hashing of its bytes,
+/// no comparison) and appended to a vector; [`Index::take_buffered`] then appends each
+/// vector to its bitmap at once, instead of one bitmap insert per posting.
+#[derive(Debug, Default)]
+pub(crate) struct LoadBuffer {
+    /// By list, value address and meta key address (0 when none).
+    lists: HashMap<(List, usize, usize), Pending>,
+    all: Vec<u32>,
+    health: [Vec<u32>; 3],
+}
+
+/// Adds `slot` to the list `(list, value, within)`: to its buffered slots when `buffer` has
+/// seen the value before, else through `first` (which inserts it into the bitmap). Returns
+/// whether the value is the index's own string.
+fn post(
+    buffer: Option<&mut LoadBuffer>,
+    (list, value, within): (List, &Text, Option<&Text>),
+    slot: u32,
+    first: impl FnOnce() -> bool,
+) -> bool {
+    let Some(buffer) = buffer else {
+        return first();
+    };
+    let address = (
+        list,
+        value.as_ptr() as usize,
+        within.map_or(0, |key| key.as_ptr() as usize),
+    );
+    match buffer.lists.get_mut(&address) {
+        Some(pending) => {
+            pending.slots.push(slot);
+            pending.shared
+        }
+        None => {
+            let shared = first();
+            buffer.lists.insert(
+                address,
+                Pending {
+                    list,
+                    value: Text::clone(value),
+                    within: within.cloned(),
+                    shared,
+                    slots: Vec::new(),
+                },
+            );
+            shared
+        }
+    }
+}
+
+/// Appends `slots` to `bitmap`: in one go while they ascend above its largest slot, one by one
+/// from the first that does not (two strings with equal text but different allocations
+/// buffer the same list twice), so the result is right in any order.
+fn append_sorted(bitmap: &mut RoaringBitmap, slots: &[u32]) {
+    if let Err(stopped) = bitmap.append(slots.iter().copied()) {
+        let done = usize::try_from(stopped.valid_until()).unwrap_or(slots.len());
+        for &slot in slots.get(done..).unwrap_or_default() {
+            bitmap.insert(slot);
+        }
+    }
+}
+
 impl Index {
     /// Adds every posting of an instance at `slot`. Returns whether every string of the
     /// record is the index's own copy; if not, the caller replaces them with [`Index::intern`]
     /// (after this insert every value has a key).
     pub(crate) fn insert(&mut self, slot: u32, fields: &InstanceFields, health: Health) -> bool {
-        self.all.insert(slot);
-        let key = service_key_text(&fields.service);
-        // A mixed-case name is its own string; the key is its lower-cased copy.
-        let mut shared = add(&mut self.services, &key, slot) || key != fields.service;
-        for tag in fields.tags.iter() {
-            shared &= add(&mut self.tags, tag, slot);
-        }
-        if let Some(version) = &fields.version {
-            match self.versions.get_key_value_mut(version.as_str()) {
-                Some((key, posting)) => {
-                    posting.slots.insert(slot);
-                    shared &= Text::ptr_eq(key, version);
-                }
-                None => {
-                    let mut posting = VersionPosting {
-                        parsed: crate::version::parse(version),
-                        slots: RoaringBitmap::new(),
-                    };
-                    posting.slots.insert(slot);
-                    self.versions.insert(Text::clone(version), posting);
-                }
+        self.insert_buffered(slot, fields, health, None)
+    }
+
+    /// [`Index::insert`], with the postings of values `buffer` has seen before collected there
+    /// instead of inserted (see [`LoadBuffer`]). Fastest when slots ascend; any order is
+    /// right, but a slot must not be removed while buffered.
+    pub(crate) fn insert_buffered(
+        &mut self,
+        slot: u32,
+        fields: &InstanceFields,
+        health: Health,
+        mut buffer: Option<&mut LoadBuffer>,
+    ) -> bool {
+        match buffer.as_deref_mut() {
+            Some(buffer) => {
+                buffer.all.push(slot);
+                buffer.health[health.slot()].push(slot);
+            }
+            None => {
+                self.all.insert(slot);
+                self.health[health.slot()].insert(slot);
             }
         }
+        let service = &fields.service;
+        let mut shared = post(
+            buffer.as_deref_mut(),
+            (List::Service, service, None),
+            slot,
+            || {
+                let key = service_key_text(service);
+                // A mixed-case name is its own string; the key is its lower-cased copy.
+                add(&mut self.services, &key, slot) || key != *service
+            },
+        );
+        for tag in fields.tags.iter() {
+            shared &= post(buffer.as_deref_mut(), (List::Tag, tag, None), slot, || {
+                add(&mut self.tags, tag, slot)
+            });
+        }
+        if let Some(version) = &fields.version {
+            shared &= post(
+                buffer.as_deref_mut(),
+                (List::Version, version, None),
+                slot,
+                || match self.versions.get_key_value_mut(version.as_str()) {
+                    Some((key, posting)) => {
+                        posting.slots.insert(slot);
+                        Text::ptr_eq(key, version)
+                    }
+                    None => {
+                        let mut posting = VersionPosting {
+                            parsed: crate::version::parse(version),
+                            slots: RoaringBitmap::new(),
+                        };
+                        posting.slots.insert(slot);
+                        self.versions.insert(Text::clone(version), posting);
+                        true
+                    }
+                },
+            );
+        }
         if let Some(environment) = &fields.environment {
-            shared &= add(&mut self.environments, environment, slot);
+            let list = (List::Environment, environment, None);
+            shared &= post(buffer.as_deref_mut(), list, slot, || {
+                add(&mut self.environments, environment, slot)
+            });
         }
         if let Some(region) = &fields.region {
-            shared &= add(&mut self.regions, region, slot);
+            shared &= post(
+                buffer.as_deref_mut(),
+                (List::Region, region, None),
+                slot,
+                || add(&mut self.regions, region, slot),
+            );
         }
         for (key, value) in fields.meta.iter() {
-            shared &= add(&mut self.meta_keys, key, slot);
-            let values = match self.meta_values.get_mut(key.as_str()) {
-                Some(values) => values,
-                None => self.meta_values.entry(Text::clone(key)).or_default(),
-            };
-            shared &= add(values, value, slot);
+            shared &= post(
+                buffer.as_deref_mut(),
+                (List::MetaKey, key, None),
+                slot,
+                || add(&mut self.meta_keys, key, slot),
+            );
+            let list = (List::MetaValue, value, Some(key));
+            shared &= post(buffer.as_deref_mut(), list, slot, || {
+                let values = match self.meta_values.get_mut(key.as_str()) {
+                    Some(values) => values,
+                    None => self.meta_values.entry(Text::clone(key)).or_default(),
+                };
+                add(values, value, slot)
+            });
         }
-        self.health[health.slot()].insert(slot);
         shared
+    }
+
+    /// Moves every posting `buffer` collected into its bitmap and empties the buffer.
+    pub(crate) fn take_buffered(&mut self, buffer: &mut LoadBuffer) {
+        for (_, pending) in buffer.lists.drain() {
+            let value = pending.value.as_str();
+            let bitmap = match (pending.list, &pending.within) {
+                (List::Service, _) => self.services.get_mut(&*service_key(value)),
+                (List::Tag, _) => self.tags.get_mut(value),
+                (List::Version, _) => self.versions.get_mut(value).map(|p| &mut p.slots),
+                (List::Environment, _) => self.environments.get_mut(value),
+                (List::Region, _) => self.regions.get_mut(value),
+                (List::MetaKey, _) => self.meta_keys.get_mut(value),
+                (List::MetaValue, Some(key)) => self
+                    .meta_values
+                    .get_mut(key.as_str())
+                    .and_then(|values| values.get_mut(value)),
+                (List::MetaValue, None) => None,
+            };
+            match bitmap {
+                Some(bitmap) => append_sorted(bitmap, &pending.slots),
+                None => debug_assert!(false, "a buffered posting list has no bitmap"),
+            }
+        }
+        append_sorted(&mut self.all, &buffer.all);
+        buffer.all.clear();
+        for (bitmap, pending) in self.health.iter_mut().zip(&mut buffer.health) {
+            append_sorted(bitmap, pending);
+            pending.clear();
+        }
     }
 
     /// Replaces the strings of `fields` by the index's copies where it has them, else by the

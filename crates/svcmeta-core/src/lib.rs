@@ -30,7 +30,7 @@ pub use query::{
 pub use query::{Cursor, CursorError, MetaCriterion, Page, PlanStep, Query, QueryAnswer};
 pub use registry::{
     resolve, Change, IndexStats, MemoryBreakdown, Mutation, MutationError, Registry,
-    ServiceSummary, ValueCount,
+    RegistryLoader, ServiceSummary, ValueCount,
 };
 pub use validate::{
     slug_is_valid, validate, version_is_valid, Limits, RequiredField, ValidationErrors,

@@ -176,12 +176,15 @@ impl From<BTreeMap<String, String>> for Meta {
 impl FromIterator<(Text, Text)> for Meta {
     fn from_iter<I: IntoIterator<Item = (Text, Text)>>(iter: I) -> Meta {
         let mut pairs: Vec<(Text, Text)> = iter.into_iter().collect();
-        pairs.sort_by(|a, b| a.0.cmp(&b.0));
-        // Keep the last value given for a key, like a map insert would.
-        pairs.reverse();
-        pairs.dedup_by(|later, earlier| later.0 == earlier.0);
-        pairs.reverse();
-        pairs.sort_by(|a, b| a.0.cmp(&b.0));
+        // Stored records give their pairs sorted by key already, each key once.
+        if !pairs.is_sorted_by(|a, b| a.0 < b.0) {
+            pairs.sort_by(|a, b| a.0.cmp(&b.0));
+            // Keep the last value given for a key, like a map insert would.
+            pairs.reverse();
+            pairs.dedup_by(|later, earlier| later.0 == earlier.0);
+            pairs.reverse();
+            pairs.sort_by(|a, b| a.0.cmp(&b.0));
+        }
         Meta {
             pairs: pairs.into_boxed_slice(),
         }

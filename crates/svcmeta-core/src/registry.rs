@@ -16,7 +16,7 @@ use roaring::RoaringBitmap;
 use serde::Serialize;
 
 use crate::index::{
-    service_key, service_key_text, table_bytes, FreshStrings, Index, PostingMemory,
+    service_key, service_key_text, table_bytes, FreshStrings, Index, LoadBuffer, PostingMemory,
 };
 use crate::model::{Health, Instance, InstanceFields, Registration, Text};
 use crate::query::{Cursor, MetaCriterion, NodeInfo, Page, PlanStep, Query, QueryAnswer};
@@ -262,6 +262,44 @@ pub struct Registry {
     service_revisions: HashMap<Text, u64>,
     /// Revision of the newest applied change.
     revision: u64,
+    /// Postings of a bulk load not yet in the index (only while a [`RegistryLoader`] builds
+    /// this registry; empty otherwise).
+    loading: Option<Box<LoadBuffer>>,
+}
+
+/// Builds a registry from stored instances (a restart): the fast path of [`Registry::put`],
+/// with postings collected and appended to their bitmaps in bulk (see [`LoadBuffer`]). The
+/// registry is only handed out by [`RegistryLoader::finish`], once every posting is in.
+#[derive(Debug)]
+pub struct RegistryLoader {
+    registry: Registry,
+    buffered: usize,
+}
+
+/// Instances a loader indexes between two moves of its buffered postings into the bitmaps
+/// (bounds the buffer's memory).
+const LOAD_FLUSH_EVERY: usize = 16_384;
+
+impl RegistryLoader {
+    /// Adds a stored instance (no change event, no copy). The revision rises to the
+    /// instance's own.
+    pub fn load(&mut self, instance: Instance) {
+        let revision = instance.modify_revision;
+        self.registry.put(Arc::new(instance), revision);
+        self.registry.revision = self.registry.revision.max(revision);
+        self.buffered += 1;
+        if self.buffered == LOAD_FLUSH_EVERY {
+            self.registry.take_buffered();
+            self.buffered = 0;
+        }
+    }
+
+    /// The registry, every posting in its bitmap.
+    pub fn finish(mut self) -> Registry {
+        self.registry.take_buffered();
+        self.registry.loading = None;
+        self.registry
+    }
 }
 
 /// A criterion satisfied by membership in any of several posting lists.
@@ -359,12 +397,21 @@ impl Registry {
         self.by_id.reserve(additional, &self.slots);
     }
 
-    /// Adds a stored instance while loading (no change event, no copy): the fast path of a
-    /// restart. The revision rises to the instance's own.
-    pub fn load(&mut self, instance: Instance) {
-        let revision = instance.modify_revision;
-        self.put(Arc::new(instance), revision);
-        self.revision = self.revision.max(revision);
+    /// A loader that fills this (empty) registry with stored instances: the fast path of a
+    /// restart.
+    pub fn loader(mut self) -> RegistryLoader {
+        self.loading = Some(Box::default());
+        RegistryLoader {
+            registry: self,
+            buffered: 0,
+        }
+    }
+
+    /// Moves a loader's buffered postings into the index.
+    fn take_buffered(&mut self) {
+        if let Some(buffer) = self.loading.as_deref_mut() {
+            self.index.take_buffered(buffer);
+        }
     }
 
     /// Replaces the strings of a registration by the copies the index already holds, or by
@@ -385,6 +432,8 @@ impl Registry {
         let mut shared = true;
         let slot = match self.by_id.get(instance.id(), &self.slots) {
             Some(slot) => {
+                // A load that meets an id twice: the index must be whole before a removal.
+                self.take_buffered();
                 let old = self.slots.get_mut(slot as usize).and_then(Option::take);
                 match old {
                     Some(old) if old.fields == instance.fields => {
@@ -426,7 +475,10 @@ impl Registry {
                         (self.slots.len() - 1) as u32
                     }
                 };
-                shared = self.index.insert(slot, &instance.fields, instance.health);
+                let buffer = self.loading.as_deref_mut();
+                shared =
+                    self.index
+                        .insert_buffered(slot, &instance.fields, instance.health, buffer);
                 self.order_insert(&instance.fields.service, slot, instance.id());
                 self.by_id.insert(instance.id(), slot, &self.slots);
                 slot
@@ -467,13 +519,19 @@ impl Registry {
                 .entry(service_key_text(service))
                 .or_default(),
         };
-        let position = list.partition_point(|s| {
+        let before = |s: &u32| {
             slots
                 .get(*s as usize)
                 .and_then(Option::as_ref)
                 .is_some_and(|instance| instance.id() < id)
-        });
-        list.insert(position, slot);
+        };
+        // A load in id order (and many new ids) goes last: one comparison instead of a search.
+        if list.last().is_none_or(before) {
+            list.push(slot);
+        } else {
+            let position = list.partition_point(before);
+            list.insert(position, slot);
+        }
     }
 
     /// Takes `slot` out of its service's id order (its instance already taken out of `slots`).

@@ -1163,6 +1163,7 @@ fn load_streaming(
         });
         let mut registry = Registry::new();
         registry.reserve(usize::try_from(store.stored_instances()).unwrap_or(0));
+        let mut indexer = registry.loader();
         let mut with_ttl: Vec<(String, u64)> = Vec::new();
         let mut strings = LoadStrings::default();
         for chunk in received {
@@ -1170,9 +1171,10 @@ fn load_streaming(
                 if let Some(ttl) = instance.fields.ttl_ms {
                     with_ttl.push((instance.id().to_string(), ttl));
                 }
-                registry.load(instance);
+                indexer.load(instance);
             }
         }
+        let mut registry = indexer.finish();
         let mut snapshot = loader.join().map_err(|_| {
             StoreError::Database(
                 "the database engine failed while reading the store (a damaged file?)".to_string(),
@@ -1197,14 +1199,15 @@ fn build_registry(
     if !instances.is_sorted_by(|a, b| a.id() <= b.id()) {
         instances.sort_unstable_by(|a, b| a.id().cmp(b.id()));
     }
-    let mut registry = Registry::new();
+    let mut loader = Registry::new().loader();
     let mut with_ttl: Vec<(String, u64)> = Vec::new();
     for instance in instances {
         if let Some(ttl) = instance.fields.ttl_ms {
             with_ttl.push((instance.id().to_string(), ttl));
         }
-        registry.load(instance);
+        loader.load(instance);
     }
+    let mut registry = loader.finish();
     registry.advance_revision(revision);
     (registry, restore_leases(with_ttl, stored_leases, now))
 }

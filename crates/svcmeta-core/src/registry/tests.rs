@@ -2133,7 +2133,7 @@ fn ids_resolve_while_the_id_map_grows_and_shrinks() {
 #[test]
 fn loaded_ids_outside_the_validation_rule_are_found() {
     // A store written under other rules may hold any string; lookups compare bytes.
-    let mut registry = Registry::new();
+    let registry = Registry::new();
     let stored = |id: &str, revision: u64| {
         let mut fields = registration(draft("placeholder", "web")).fields;
         fields.id = id.to_string();
@@ -2147,9 +2147,11 @@ fn loaded_ids_outside_the_validation_rule_are_found() {
         }
     };
     let ids = ["équipe:日本-1", "ключ", "e\u{301}", "\u{e9}", ""];
+    let mut loader = registry.loader();
     for (n, id) in ids.iter().enumerate() {
-        registry.load(stored(id, n as u64 + 1));
+        loader.load(stored(id, n as u64 + 1));
     }
+    let registry = loader.finish();
     assert_eq!(registry.len(), ids.len());
     for id in ids {
         assert_eq!(registry.get(id).map(|i| i.id()), Some(id), "{id:?}");
@@ -2220,4 +2222,92 @@ fn interned_registrations_are_stored_without_a_copy_and_share_new_strings() {
         ..Query::default()
     };
     assert_eq!(registry.count(&q), 3);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bulk loading
+// ---------------------------------------------------------------------------------------------
+
+/// A copy of `instance` whose tags and meta values are new allocations of the same text (what
+/// a store that does not share strings hands over).
+fn with_fresh_strings(instance: &Instance) -> Instance {
+    let mut copy = instance.clone();
+    copy.fields.tags = copy
+        .fields
+        .tags
+        .iter()
+        .map(|t| Text::from(t.as_str()))
+        .collect();
+    copy.fields.meta = copy
+        .fields
+        .meta
+        .iter()
+        .map(|(k, v)| (Text::clone(k), Text::from(v.as_str())))
+        .collect();
+    copy
+}
+
+#[test]
+fn a_bulk_load_builds_the_same_index_as_writes() {
+    let h = large_registry(40_000);
+    let written = &h.registry;
+    let mut stored: Vec<Instance> = written.instances().map(|i| Instance::clone(i)).collect();
+    stored.sort_by(|a, b| a.id().cmp(b.id()));
+    assert!(
+        stored.len() > 2 * LOAD_FLUSH_EVERY,
+        "the load must cross flushes"
+    );
+    let mut loader = Registry::new().loader();
+    for (n, instance) in stored.iter().enumerate() {
+        if n % 10 == 3 {
+            // Equal strings in other allocations: a list is buffered under two addresses.
+            loader.load(with_fresh_strings(instance));
+        } else if n % 1000 == 7 {
+            // An id met twice (a Redis scan can): the later record replaces the earlier one.
+            let mut earlier = instance.clone();
+            earlier.fields.tags = vec![Text::from("only-in-the-earlier-copy")].into();
+            earlier.fields.service = Text::from("a-service-of-the-earlier-copy");
+            loader.load(earlier);
+            loader.load(instance.clone());
+        } else {
+            loader.load(instance.clone());
+        }
+    }
+    let loaded = loader.finish();
+    assert_eq!(loaded.len(), written.len());
+    assert_eq!(loaded.revision(), written.revision());
+    assert_eq!(shape(&loaded), shape(written));
+    let queries = [
+        Query::default(),
+        service_q("svc-3"),
+        service_q("SVC-10"),
+        Query {
+            tags_all: strings(&["tag-1", "tag-2"]),
+            environment: Some("prod".into()),
+            ..Query::default()
+        },
+        Query {
+            tags_none: strings(&["canary"]),
+            region: Some("eu-west-1".into()),
+            ..Query::default()
+        },
+        Query {
+            tags_any: strings(&["only-in-the-earlier-copy", "canary"]),
+            ..Query::default()
+        },
+        Query {
+            health: Some(Health::Warning),
+            version: version(">=1.1"),
+            ..Query::default()
+        },
+        Query {
+            meta: vec![("tier".into(), MetaCriterion::Equals("t1".into()))],
+            ..Query::default()
+        },
+    ];
+    for query in &queries {
+        check_query(&loaded, query, Some(500));
+        assert_eq!(loaded.count(query), written.count(query), "{query:?}");
+    }
+    assert_eq!(loaded.count(&service_q("a-service-of-the-earlier-copy")), 0);
 }
