@@ -280,6 +280,10 @@ pub struct RegistryLoader {
 /// (bounds the buffer's memory).
 const LOAD_FLUSH_EVERY: usize = 16_384;
 
+/// Changes in one write from which [`Registry::apply_all`] collects postings in bulk: below
+/// it, moving each collected list into its bitmap costs more than it saves.
+const BULK_APPLY_FROM: usize = 256;
+
 impl RegistryLoader {
     /// Adds a stored instance (no change event, no copy). The revision rises to the
     /// instance's own.
@@ -365,12 +369,32 @@ impl Registry {
         self.slots.iter().flatten()
     }
 
+    /// Applies the sequenced changes of one write, in order. A large batch collects the
+    /// postings of its new instances and appends them to their bitmaps at the end (as a
+    /// restart does, see [`RegistryLoader`]); a small one is applied change by change.
+    pub fn apply_all(&mut self, changes: Vec<Change>) {
+        if changes.len() < BULK_APPLY_FROM || self.loading.is_some() {
+            for change in changes {
+                self.apply(change);
+            }
+            return;
+        }
+        self.loading = Some(Box::default());
+        for change in changes {
+            self.apply(change);
+        }
+        self.take_buffered();
+        self.loading = None;
+    }
+
     /// Applies a sequenced change and raises the revision to the change's.
     pub fn apply(&mut self, change: Change) {
         let revision = change.revision();
         match change {
             Change::Put(instance) => self.put(instance, revision),
             Change::Remove { id, service, .. } => {
+                // The index must be whole before a removal.
+                self.take_buffered();
                 if let Some(slot) = self.by_id.remove(id.as_str(), &self.slots) {
                     if let Some(old) = self.slots.get_mut(slot as usize).and_then(Option::take) {
                         self.index.remove(slot, &old);

@@ -1066,9 +1066,7 @@ impl Shared {
             return;
         }
         let mut registry = self.registry.write().unwrap_or_else(|p| p.into_inner());
-        for change in changes {
-            registry.apply(change);
-        }
+        registry.apply_all(changes);
         registry.advance_revision(revision);
         let applied = registry.revision();
         self.retain_events(&registry, events);

@@ -2311,3 +2311,70 @@ fn a_bulk_load_builds_the_same_index_as_writes() {
     }
     assert_eq!(loaded.count(&service_q("a-service-of-the-earlier-copy")), 0);
 }
+
+#[test]
+fn a_large_batch_applied_at_once_builds_the_same_index_as_change_by_change() {
+    // Record the changes of a busy history: new instances, removals that free slots for
+    // later ones, replacements, moves between services, health changes.
+    let mut h = Harness::new();
+    let mut rng = Rng(7);
+    let mut changes = Vec::new();
+    let mut live: Vec<String> = Vec::new();
+    for n in 0..6_000 {
+        let roll = rng.below(100);
+        let change = if roll < 70 || live.is_empty() {
+            let id = format!("i-{n:05}");
+            live.push(id.clone());
+            h.register(synthetic(&mut rng, &id, 200))
+        } else if roll < 80 {
+            let victim = live.swap_remove(rng.below(live.len() as u64) as usize);
+            h.deregister(&victim)
+        } else if roll < 90 {
+            let id = live[rng.below(live.len() as u64) as usize].clone();
+            h.register(synthetic(&mut rng, &id, 200))
+        } else {
+            let id = live[rng.below(live.len() as u64) as usize].clone();
+            h.set_health(&id, Health::Critical)
+        };
+        changes.extend(change);
+    }
+    assert!(changes.len() > 4 * BULK_APPLY_FROM);
+    let mut batched = Registry::new();
+    // Batches of several sizes, some below the bulk threshold.
+    let mut rest = changes.as_slice();
+    for size in [BULK_APPLY_FROM - 1, 3_000, BULK_APPLY_FROM, usize::MAX]
+        .iter()
+        .cycle()
+    {
+        if rest.is_empty() {
+            break;
+        }
+        let (batch, later) = rest.split_at((*size).min(rest.len()));
+        batched.apply_all(batch.to_vec());
+        rest = later;
+    }
+    let written = &h.registry;
+    assert_eq!(batched.len(), written.len());
+    assert_eq!(shape(&batched), shape(written));
+    let queries = [
+        Query::default(),
+        service_q("svc-2"),
+        Query {
+            tags_all: strings(&["tag-0", "tag-3"]),
+            ..Query::default()
+        },
+        Query {
+            health: Some(Health::Critical),
+            ..Query::default()
+        },
+        Query {
+            meta: vec![("team".into(), MetaCriterion::Equals("team-1".into()))],
+            environment: Some("prod".into()),
+            ..Query::default()
+        },
+    ];
+    for query in &queries {
+        check_query(&batched, query, Some(250));
+        assert_eq!(batched.count(query), written.count(query), "{query:?}");
+    }
+}
