@@ -222,6 +222,10 @@ pub(crate) struct BenchArgs {
     /// Blocking queries to park at once (capped by the open-file limit; 0 skips the run).
     #[arg(long, default_value_t = 100_000)]
     pub(crate) parked_queries: usize,
+    /// Only park the HTTP/1.1 blocking queries and print their figures as JSON: the bench
+    /// runs itself so, in a child process, for a fresh heap.
+    #[arg(long, hide = true)]
+    pub(crate) parked_http1_only: bool,
 }
 
 /// Options of `bench-redis`.

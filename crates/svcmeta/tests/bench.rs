@@ -1,7 +1,8 @@
 //! End-to-end test of `svcmeta bench` at a tiny size: the real binary runs every phase
 //! (in-process queries with the cache off and on, SQLite, the linear scan, writes, churn,
-//! restart, HTTP) and the JSON report must carry every field other tools read, with sane
-//! values, and show that the equality assertions against SQLite and the scan ran.
+//! restart, HTTP, parked blocking queries over HTTP/2 and HTTP/1.1) and the JSON report must
+//! carry every field other tools read, with sane values, and show that the equality
+//! assertions against SQLite and the scan ran and that every parked query woke.
 //! No wall-clock figure is asserted: this machine is shared and noisy.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -67,6 +68,8 @@ fn bench_runs_end_to_end_and_reports_every_field() {
             "0.5",
             "--http-connections",
             "2",
+            "--parked-queries",
+            "300",
         ])
         .arg("--json")
         .arg(&json_path)
@@ -167,6 +170,22 @@ fn bench_runs_end_to_end_and_reports_every_field() {
     let consul = &report["http"]["consul_health"];
     assert!(consul["available"].is_boolean());
     assert!(report["targets"].as_array().is_some_and(|t| t.len() >= 10));
+
+    // Parked blocking queries: HTTP/2 streams (the top-level figures) and HTTP/1.1, each
+    // woken by the one write with the right answer.
+    assert_eq!(report["parked_blocking_queries"].as_u64(), Some(300));
+    assert!(report["parked_bytes_per_query"].as_f64().is_some());
+    for watches in [&report["watches"], &report["watches"]["http1"]] {
+        assert_eq!(watches["parked"].as_u64(), Some(300), "{watches}");
+        assert_eq!(watches["woken"], watches["parked"], "{watches}");
+    }
+    assert_eq!(report["watches"]["protocol"], "h2c");
+    assert_eq!(report["watches"]["connections"].as_u64(), Some(1));
+    assert_eq!(report["watches"]["http1"]["protocol"], "http/1.1");
+    assert_eq!(
+        report["watches"]["http1"]["connections"].as_u64(),
+        Some(300)
+    );
 
     // The readable table went to standard output.
     assert!(stdout.contains("three_criteria"), "{stdout}");

@@ -6,6 +6,7 @@
 pub mod consul;
 pub mod error;
 pub mod native;
+mod stale;
 
 use std::sync::Arc;
 
@@ -82,9 +83,6 @@ pub fn app_with(state: Arc<AppState>, consul: Arc<consul::ConsulState>) -> Route
         .fallback(native::not_found)
         .method_not_allowed_fallback(native::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(axum::middleware::map_response_with_state(
-            Arc::clone(&state),
-            native::mark_stale,
-        ))
+        .layer(stale::MarkStaleLayer::new(Arc::clone(&state)))
         .with_state(state)
 }

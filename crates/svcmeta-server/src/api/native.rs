@@ -482,8 +482,10 @@ pub(crate) async fn list_instances(
     State(state): State<Arc<AppState>>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let pairs = query_pairs(raw.as_deref().unwrap_or(""));
-    let request = parse_list_request(&pairs, &state.settings)?;
+    // Only the parsed request stays alive while a blocking query is parked: the raw query
+    // and its decoded pairs (~500 B of heap) are dropped before the wait.
+    let request = parse_list_request(&query_pairs(raw.as_deref().unwrap_or("")), &state.settings)?;
+    drop(raw);
     if let Some(blocking) = request.blocking {
         let catalog = &state.catalog;
         wait_for_change(catalog, blocking, || catalog.scope_revision(&request.query)).await;
@@ -666,22 +668,6 @@ pub(crate) async fn healthz(State(state): State<Arc<AppState>>) -> Response {
         body["replication"] = json!(replication);
     }
     with_index(revision, Json(body))
-}
-
-/// Marks every answer of a node whose shared store is unreachable: `X-Svcmeta-Stale: true`,
-/// and Consul's `X-Consul-KnownLeader: false`.
-pub(crate) async fn mark_stale(
-    State(state): State<Arc<AppState>>,
-    mut response: Response,
-) -> Response {
-    if state.catalog.is_stale() {
-        let headers = response.headers_mut();
-        headers.insert(STALE_HEADER, HeaderValue::from_static("true"));
-        if headers.contains_key("x-consul-knownleader") {
-            headers.insert("x-consul-knownleader", HeaderValue::from_static("false"));
-        }
-    }
-    response
 }
 
 /// `GET /metrics`.

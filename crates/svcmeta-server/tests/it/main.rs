@@ -6,7 +6,7 @@
 //!
 //! Modules: single-instance writes, bulk writes, queries and paging, serialised pages kept
 //! in the cache, input validation and limits, the service/stats/metrics/health endpoints,
-//! concurrent clients, and the Consul-compatible API (`consul`, with its golden fixtures under `fixtures/consul/`).
+//! concurrent clients, HTTP/2 beside HTTP/1.1 on one port, and the Consul-compatible API (`consul`, with its golden fixtures under `fixtures/consul/`).
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -14,6 +14,7 @@ mod bulk;
 mod concurrency;
 mod consul;
 mod endpoints;
+mod http2;
 mod instances;
 mod live;
 mod queries;

@@ -21,6 +21,7 @@
 
 mod cases;
 mod data;
+mod h2c;
 mod http;
 mod measure;
 mod parked;
@@ -85,6 +86,12 @@ impl Progress {
 
 /// `svcmeta bench`.
 pub(crate) fn run(args: &BenchArgs) -> Result<(), CommandError> {
+    if args.parked_http1_only {
+        let run = parked::park_http1_on_fresh_server(args.parked_queries)?;
+        let text = serde_json::to_string(&run).context("serialising the parking figures")?;
+        crate::cmd::out!("{text}");
+        return Ok(());
+    }
     let report = measure_all(args)?;
     print_report(&report);
     if let Some(path) = &args.json {
@@ -727,14 +734,14 @@ fn measure_all(args: &BenchArgs) -> anyhow::Result<Value> {
         targets.push(target(
             "parked_blocking_queries",
             ">= 100000",
-            run.parked as f64,
-            run.parked >= 100_000 && run.woken == run.parked,
+            run.http2.parked as f64,
+            run.http2.parked >= 100_000 && run.http2.woken == run.http2.parked,
         ));
         targets.push(target(
             "parked_bytes_per_query",
             "<= 1024",
-            run.bytes_per_query,
-            run.bytes_per_query <= 1024.0,
+            run.http2.bytes_per_query,
+            run.http2.bytes_per_query <= 1024.0,
         ));
     }
     let report = json!({
@@ -750,8 +757,8 @@ fn measure_all(args: &BenchArgs) -> anyhow::Result<Value> {
         "durable_registrations_per_s_threads": durable.concurrent.registrations_per_s,
         "rebuild_s": rebuild.as_secs_f64(),
         "http_queries_per_s": http_qps,
-        "parked_blocking_queries": parked.as_ref().map(|run| run.parked),
-        "parked_bytes_per_query": parked.as_ref().map(|run| run.bytes_per_query),
+        "parked_blocking_queries": parked.as_ref().map(|run| run.http2.parked),
+        "parked_bytes_per_query": parked.as_ref().map(|run| run.http2.bytes_per_query),
         "seed": seed,
         "machine": {
             "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
@@ -815,6 +822,29 @@ fn measure_all(args: &BenchArgs) -> anyhow::Result<Value> {
     });
     progress.say(format_args!("done"));
     Ok(report)
+}
+
+/// One protocol's parked-queries figures (`watches` or `watches.http1` of the report).
+fn parked_text(w: &Value) -> String {
+    if w.is_null() {
+        return "not run".to_string();
+    }
+    format!(
+        "{} of {} asked over {} connections, {:.0} bytes each (RSS delta / N: connections {:.0}, \
+         parked query beyond them {:.0}), {} woken by one write in {:.2} s{}",
+        w["parked"],
+        w["requested"],
+        w["connections"],
+        f(&w["bytes_per_query"]),
+        f(&w["connection_bytes"]),
+        f(&w["query_bytes_beyond_connection"]),
+        w["woken"],
+        f(&w["wake_s"]),
+        w["limited_by"]
+            .as_str()
+            .map(|why| format!("; limited by the {why}"))
+            .unwrap_or_default()
+    )
 }
 
 fn f(value: &Value) -> f64 {
@@ -1060,27 +1090,12 @@ fn print_report(report: &Value) {
             ),
         ],
         vec![
-            "blocking queries parked at once".to_string(),
-            if report["watches"].is_null() {
-                "not run".to_string()
-            } else {
-                let w = &report["watches"];
-                format!(
-                    "{} of {} asked, {:.0} bytes each (RSS delta / N: connection {:.0}, \
-                     parked query beyond it {:.0}), {} woken by one write in {:.2} s{}",
-                    w["parked"],
-                    w["requested"],
-                    f(&w["bytes_per_query"]),
-                    f(&w["connection_bytes"]),
-                    f(&w["query_bytes_beyond_connection"]),
-                    w["woken"],
-                    f(&w["wake_s"]),
-                    w["limited_by"]
-                        .as_str()
-                        .map(|why| format!("; limited by the {why}"))
-                        .unwrap_or_default()
-                )
-            },
+            "blocking queries parked at once, HTTP/2 streams".to_string(),
+            parked_text(&report["watches"]),
+        ],
+        vec![
+            "blocking queries parked at once, HTTP/1.1".to_string(),
+            parked_text(&report["watches"]["http1"]),
         ],
     ];
     print_table(&["FIGURE", "VALUE"], &rows);
