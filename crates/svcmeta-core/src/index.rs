@@ -15,7 +15,7 @@ use hashbrown::HashMap;
 use roaring::RoaringBitmap;
 use semver::Version;
 
-use crate::model::{Health, Instance, InstanceFields, Text};
+use crate::model::{Health, Instance, InstanceFields, Meta, Text};
 
 /// Posting lists of one string-valued dimension.
 pub(crate) type Postings = HashMap<Text, RoaringBitmap>;
@@ -106,6 +106,44 @@ pub struct FreshStrings {
     strings: hashbrown::HashSet<Text>,
 }
 
+/// The label strings of a record's fields (service, tags, version, environment, region),
+/// borrowed apart from its meta so that the two can be interned on two threads.
+#[derive(Debug)]
+pub struct LabelsMut<'a> {
+    service: &'a mut Text,
+    tags: &'a mut [Text],
+    version: Option<&'a mut Text>,
+    environment: Option<&'a mut Text>,
+    region: Option<&'a mut Text>,
+}
+
+/// The meta pairs of a record's fields, borrowed apart from its labels.
+#[derive(Debug)]
+pub struct MetaMut<'a>(&'a mut [(Text, Text)]);
+
+/// Borrows the interned strings of `fields` as two disjoint parts.
+pub(crate) fn split_strings(fields: &mut InstanceFields) -> (LabelsMut<'_>, MetaMut<'_>) {
+    let InstanceFields {
+        service,
+        tags,
+        version,
+        environment,
+        region,
+        meta,
+        ..
+    } = fields;
+    (
+        LabelsMut {
+            service,
+            tags,
+            version: version.as_mut(),
+            environment: environment.as_mut(),
+            region: region.as_mut(),
+        },
+        MetaMut(meta.pairs_mut()),
+    )
+}
+
 fn remove(postings: &mut Postings, value: &str, slot: u32) {
     if let Some(bitmap) = postings.get_mut(value) {
         bitmap.remove(slot);
@@ -153,19 +191,57 @@ struct Pending {
 /// first posting, later ones are found by the string's address (no hashing of its bytes,
 /// no comparison) and appended to a vector; [`Index::take_buffered`] then appends each
 /// vector to its bitmap at once, instead of one bitmap insert per posting.
+/// It has one part for the label lists and one for the meta lists, so the two can be filled
+/// on two threads ([`Index::insert_all`]).
 #[derive(Debug, Default)]
 pub(crate) struct LoadBuffer {
+    labels: PartBuffer,
+    meta: PartBuffer,
+}
+
+/// The postings one part of the index ([`LabelLists`] or [`MetaLists`]) has buffered.
+#[derive(Debug, Default)]
+struct PartBuffer {
     /// By list, value address and meta key address (0 when none).
     lists: HashMap<(List, usize, usize), Pending>,
+    /// Label part only: every slot, and slots by health.
     all: Vec<u32>,
     health: [Vec<u32>; 3],
+}
+
+impl LoadBuffer {
+    fn parts(
+        buffer: Option<&mut LoadBuffer>,
+    ) -> (Option<&mut PartBuffer>, Option<&mut PartBuffer>) {
+        match buffer {
+            Some(buffer) => (Some(&mut buffer.labels), Some(&mut buffer.meta)),
+            None => (None, None),
+        }
+    }
+}
+
+/// The posting lists of everything but meta, borrowed apart from the meta lists.
+struct LabelLists<'a> {
+    all: &'a mut RoaringBitmap,
+    services: &'a mut Postings,
+    tags: &'a mut Postings,
+    versions: &'a mut HashMap<Text, VersionPosting>,
+    environments: &'a mut Postings,
+    regions: &'a mut Postings,
+    health: &'a mut [RoaringBitmap; 3],
+}
+
+/// The meta posting lists, borrowed apart from the label lists.
+struct MetaLists<'a> {
+    meta_keys: &'a mut Postings,
+    meta_values: &'a mut HashMap<Text, Postings>,
 }
 
 /// Adds `slot` to the list `(list, value, within)`: to its buffered slots when `buffer` has
 /// seen the value before, else through `first` (which inserts it into the bitmap). Returns
 /// whether the value is the index's own string.
 fn post(
-    buffer: Option<&mut LoadBuffer>,
+    buffer: Option<&mut PartBuffer>,
     (list, value, within): (List, &Text, Option<&Text>),
     slot: u32,
     first: impl FnOnce() -> bool,
@@ -212,23 +288,14 @@ fn append_sorted(bitmap: &mut RoaringBitmap, slots: &[u32]) {
     }
 }
 
-impl Index {
-    /// Adds every posting of an instance at `slot`. Returns whether every string of the
-    /// record is the index's own copy; if not, the caller replaces them with [`Index::intern`]
-    /// (after this insert every value has a key).
-    pub(crate) fn insert(&mut self, slot: u32, fields: &InstanceFields, health: Health) -> bool {
-        self.insert_buffered(slot, fields, health, None)
-    }
-
-    /// [`Index::insert`], with the postings of values `buffer` has seen before collected there
-    /// instead of inserted (see [`LoadBuffer`]). Fastest when slots ascend; any order is
-    /// right, but a slot must not be removed while buffered.
-    pub(crate) fn insert_buffered(
+impl LabelLists<'_> {
+    /// Adds the label postings of an instance at `slot` (see [`Index::insert_buffered`]).
+    fn insert(
         &mut self,
         slot: u32,
         fields: &InstanceFields,
         health: Health,
-        mut buffer: Option<&mut LoadBuffer>,
+        mut buffer: Option<&mut PartBuffer>,
     ) -> bool {
         match buffer.as_deref_mut() {
             Some(buffer) => {
@@ -248,12 +315,12 @@ impl Index {
             || {
                 let key = service_key_text(service);
                 // A mixed-case name is its own string; the key is its lower-cased copy.
-                add(&mut self.services, &key, slot) || key != *service
+                add(self.services, &key, slot) || key != *service
             },
         );
         for tag in fields.tags.iter() {
             shared &= post(buffer.as_deref_mut(), (List::Tag, tag, None), slot, || {
-                add(&mut self.tags, tag, slot)
+                add(self.tags, tag, slot)
             });
         }
         if let Some(version) = &fields.version {
@@ -281,23 +348,56 @@ impl Index {
         if let Some(environment) = &fields.environment {
             let list = (List::Environment, environment, None);
             shared &= post(buffer.as_deref_mut(), list, slot, || {
-                add(&mut self.environments, environment, slot)
+                add(self.environments, environment, slot)
             });
         }
         if let Some(region) = &fields.region {
             shared &= post(
-                buffer.as_deref_mut(),
+                buffer,
                 (List::Region, region, None),
                 slot,
-                || add(&mut self.regions, region, slot),
+                || add(self.regions, region, slot),
             );
         }
-        for (key, value) in fields.meta.iter() {
+        shared
+    }
+
+    /// Moves the label postings `buffer` collected into their bitmaps and empties it.
+    fn take(&mut self, buffer: &mut PartBuffer) {
+        for (_, pending) in buffer.lists.drain() {
+            let value = pending.value.as_str();
+            let bitmap = match pending.list {
+                List::Service => self.services.get_mut(&*service_key(value)),
+                List::Tag => self.tags.get_mut(value),
+                List::Version => self.versions.get_mut(value).map(|p| &mut p.slots),
+                List::Environment => self.environments.get_mut(value),
+                List::Region => self.regions.get_mut(value),
+                List::MetaKey | List::MetaValue => None,
+            };
+            match bitmap {
+                Some(bitmap) => append_sorted(bitmap, &pending.slots),
+                None => debug_assert!(false, "a buffered posting list has no bitmap"),
+            }
+        }
+        append_sorted(self.all, &buffer.all);
+        buffer.all.clear();
+        for (bitmap, pending) in self.health.iter_mut().zip(&mut buffer.health) {
+            append_sorted(bitmap, pending);
+            pending.clear();
+        }
+    }
+}
+
+impl MetaLists<'_> {
+    /// Adds the meta postings of an instance at `slot` (see [`Index::insert_buffered`]).
+    fn insert(&mut self, slot: u32, meta: &Meta, mut buffer: Option<&mut PartBuffer>) -> bool {
+        let mut shared = true;
+        for (key, value) in meta.iter() {
             shared &= post(
                 buffer.as_deref_mut(),
                 (List::MetaKey, key, None),
                 slot,
-                || add(&mut self.meta_keys, key, slot),
+                || add(self.meta_keys, key, slot),
             );
             let list = (List::MetaValue, value, Some(key));
             shared &= post(buffer.as_deref_mut(), list, slot, || {
@@ -311,66 +411,179 @@ impl Index {
         shared
     }
 
-    /// Moves every posting `buffer` collected into its bitmap and empties the buffer.
-    pub(crate) fn take_buffered(&mut self, buffer: &mut LoadBuffer) {
+    /// Moves the meta postings `buffer` collected into their bitmaps and empties it.
+    fn take(&mut self, buffer: &mut PartBuffer) {
         for (_, pending) in buffer.lists.drain() {
             let value = pending.value.as_str();
             let bitmap = match (pending.list, &pending.within) {
-                (List::Service, _) => self.services.get_mut(&*service_key(value)),
-                (List::Tag, _) => self.tags.get_mut(value),
-                (List::Version, _) => self.versions.get_mut(value).map(|p| &mut p.slots),
-                (List::Environment, _) => self.environments.get_mut(value),
-                (List::Region, _) => self.regions.get_mut(value),
                 (List::MetaKey, _) => self.meta_keys.get_mut(value),
                 (List::MetaValue, Some(key)) => self
                     .meta_values
                     .get_mut(key.as_str())
                     .and_then(|values| values.get_mut(value)),
-                (List::MetaValue, None) => None,
+                _ => None,
             };
             match bitmap {
                 Some(bitmap) => append_sorted(bitmap, &pending.slots),
                 None => debug_assert!(false, "a buffered posting list has no bitmap"),
             }
         }
-        append_sorted(&mut self.all, &buffer.all);
-        buffer.all.clear();
-        for (bitmap, pending) in self.health.iter_mut().zip(&mut buffer.health) {
-            append_sorted(bitmap, pending);
-            pending.clear();
+    }
+}
+
+impl Index {
+    /// Adds every posting of an instance at `slot`. Returns whether every string of the
+    /// record is the index's own copy; if not, the caller replaces them with [`Index::intern`]
+    /// (after this insert every value has a key).
+    pub(crate) fn insert(&mut self, slot: u32, fields: &InstanceFields, health: Health) -> bool {
+        self.insert_buffered(slot, fields, health, None)
+    }
+
+    /// [`Index::insert`], with the postings of values `buffer` has seen before collected there
+    /// instead of inserted (see [`LoadBuffer`]). Fastest when slots ascend; any order is
+    /// right, but a slot must not be removed while buffered.
+    pub(crate) fn insert_buffered(
+        &mut self,
+        slot: u32,
+        fields: &InstanceFields,
+        health: Health,
+        buffer: Option<&mut LoadBuffer>,
+    ) -> bool {
+        let (mut labels, mut metas) = self.parts_mut();
+        let (label_buffer, meta_buffer) = LoadBuffer::parts(buffer);
+        let labels_shared = labels.insert(slot, fields, health, label_buffer);
+        let meta_shared = metas.insert(slot, &fields.meta, meta_buffer);
+        labels_shared && meta_shared
+    }
+
+    /// Adds every posting of the instances `new` (slot, fields, health; slots not in the index
+    /// yet) and returns, for each, whether every string of its record is the index's own
+    /// copy (as [`Index::insert`]). Postings are collected in bulk as a restart does. With
+    /// `parallel`, the label lists are filled on this thread and the meta lists on a second
+    /// one (scoped, joined before returning); otherwise, or when no thread can be started,
+    /// both are filled here.
+    pub(crate) fn insert_all(
+        &mut self,
+        new: &[(u32, &InstanceFields, Health)],
+        parallel: bool,
+    ) -> Vec<bool> {
+        let (mut labels, mut metas) = self.parts_mut();
+        let fill_labels = |labels: &mut LabelLists<'_>| {
+            let mut buffer = PartBuffer::default();
+            let shared: Vec<bool> = new
+                .iter()
+                .map(|&(slot, fields, health)| {
+                    labels.insert(slot, fields, health, Some(&mut buffer))
+                })
+                .collect();
+            labels.take(&mut buffer);
+            shared
+        };
+        let fill_meta = |metas: &mut MetaLists<'_>| {
+            let mut buffer = PartBuffer::default();
+            let shared: Vec<bool> = new
+                .iter()
+                .map(|&(slot, fields, _)| metas.insert(slot, &fields.meta, Some(&mut buffer)))
+                .collect();
+            metas.take(&mut buffer);
+            shared
+        };
+        if !parallel {
+            let labels_shared = fill_labels(&mut labels);
+            let meta_shared = fill_meta(&mut metas);
+            return labels_shared
+                .into_iter()
+                .zip(meta_shared)
+                .map(|(labels, meta)| labels && meta)
+                .collect();
         }
+        let (labels_shared, meta_shared) = std::thread::scope(|scope| {
+            let helper = std::thread::Builder::new()
+                .name("svcmeta-index".to_string())
+                .spawn_scoped(scope, || fill_meta(&mut metas));
+            let labels_shared = fill_labels(&mut labels);
+            let meta_shared = match helper {
+                Ok(helper) => helper.join().ok(),
+                Err(_) => None,
+            };
+            (labels_shared, meta_shared)
+        });
+        // No second thread (it could not start): the meta lists are filled here.
+        let meta_shared = meta_shared.unwrap_or_else(|| fill_meta(&mut metas));
+        labels_shared
+            .into_iter()
+            .zip(meta_shared)
+            .map(|(labels, meta)| labels && meta)
+            .collect()
+    }
+
+    /// The label lists and the meta lists, borrowed apart.
+    fn parts_mut(&mut self) -> (LabelLists<'_>, MetaLists<'_>) {
+        (
+            LabelLists {
+                all: &mut self.all,
+                services: &mut self.services,
+                tags: &mut self.tags,
+                versions: &mut self.versions,
+                environments: &mut self.environments,
+                regions: &mut self.regions,
+                health: &mut self.health,
+            },
+            MetaLists {
+                meta_keys: &mut self.meta_keys,
+                meta_values: &mut self.meta_values,
+            },
+        )
+    }
+
+    /// Moves every posting `buffer` collected into its bitmap and empties the buffer.
+    pub(crate) fn take_buffered(&mut self, buffer: &mut LoadBuffer) {
+        let (mut labels, mut metas) = self.parts_mut();
+        labels.take(&mut buffer.labels);
+        metas.take(&mut buffer.meta);
     }
 
     /// Replaces the strings of `fields` by the index's copies where it has them, else by the
     /// batch's (`fresh`). Read-only on the index, so writes can be prepared under a read lock.
     pub(crate) fn intern(&self, fields: &mut InstanceFields, fresh: &mut FreshStrings) {
+        let (mut labels, mut meta) = split_strings(fields);
+        self.intern_labels(&mut labels, fresh);
+        self.intern_meta(&mut meta, fresh);
+    }
+
+    /// [`Index::intern`] of the labels alone (service, tags, version, environment, region).
+    pub(crate) fn intern_labels(&self, labels: &mut LabelsMut<'_>, fresh: &mut FreshStrings) {
         // A mixed-case name is not a key (the key is lower-cased), so only the batch shares it.
-        let known = match service_key(&fields.service) {
-            Cow::Borrowed(_) => interned(&self.services, &fields.service),
+        let known = match service_key(labels.service) {
+            Cow::Borrowed(_) => interned(&self.services, labels.service),
             Cow::Owned(_) => None,
         };
-        share(known, &mut fields.service, fresh);
-        for tag in fields.tags.iter_mut() {
+        share(known, labels.service, fresh);
+        for tag in labels.tags.iter_mut() {
             share(interned(&self.tags, tag), tag, fresh);
         }
-        if let Some(version) = &mut fields.version {
+        if let Some(version) = labels.version.as_deref_mut() {
             let known = self
                 .versions
                 .get_key_value(version.as_str())
                 .map(|(key, _)| Text::clone(key));
             share(known, version, fresh);
         }
-        if let Some(environment) = &mut fields.environment {
+        if let Some(environment) = labels.environment.as_deref_mut() {
             share(
                 interned(&self.environments, environment),
                 environment,
                 fresh,
             );
         }
-        if let Some(region) = &mut fields.region {
+        if let Some(region) = labels.region.as_deref_mut() {
             share(interned(&self.regions, region), region, fresh);
         }
-        for (key, value) in fields.meta.pairs_mut() {
+    }
+
+    /// [`Index::intern`] of the meta keys and values alone.
+    pub(crate) fn intern_meta(&self, meta: &mut MetaMut<'_>, fresh: &mut FreshStrings) {
+        for (key, value) in meta.0.iter_mut() {
             share(interned(&self.meta_keys, key), key, fresh);
             let known = self
                 .meta_values

@@ -17,7 +17,7 @@ mod version;
 
 pub use cache::{CachedPage, QueryCache, Renderings, DEFAULT_RENDERED_BYTES};
 pub use event::{Event, EventKind};
-pub use index::{FreshStrings, PostingMemory};
+pub use index::{FreshStrings, LabelsMut, MetaMut, PostingMemory};
 pub use model::{
     format_duration_ms, parse_duration_ms, Health, Instance, InstanceDraft, InstanceFields, Meta,
     Registration, Text,

@@ -110,6 +110,12 @@ impl Registration {
     pub fn id(&self) -> &str {
         &self.fields.id
     }
+
+    /// The strings the registry interns, as two parts that can be interned apart
+    /// ([`crate::Registry::intern_labels`], [`crate::Registry::intern_meta`]).
+    pub fn strings_mut(&mut self) -> (crate::LabelsMut<'_>, crate::MetaMut<'_>) {
+        crate::index::split_strings(&mut self.fields)
+    }
 }
 
 /// Immutable shared text. The registry interns tags, meta keys and values, versions,

@@ -16,7 +16,8 @@ use roaring::RoaringBitmap;
 use serde::Serialize;
 
 use crate::index::{
-    service_key, service_key_text, table_bytes, FreshStrings, Index, LoadBuffer, PostingMemory,
+    service_key, service_key_text, table_bytes, FreshStrings, Index, LabelsMut, LoadBuffer,
+    MetaMut, PostingMemory,
 };
 use crate::model::{Health, Instance, InstanceFields, Registration, Text};
 use crate::query::{Cursor, MetaCriterion, NodeInfo, Page, PlanStep, Query, QueryAnswer};
@@ -284,6 +285,15 @@ const LOAD_FLUSH_EVERY: usize = 16_384;
 /// it, moving each collected list into its bitmap costs more than it saves.
 const BULK_APPLY_FROM: usize = 256;
 
+/// Changes in one write from which [`Registry::apply_all`] adds new instances' postings on
+/// two threads (starting a thread costs tens of microseconds; 4,096 instances take
+/// milliseconds to index).
+const PARALLEL_APPLY_FROM: usize = 4_096;
+
+/// New instances in a row (between changes to known ids) from which their postings are
+/// added on two threads; a shorter run is indexed on the committing thread.
+const PARALLEL_RUN_FROM: usize = 1_024;
+
 impl RegistryLoader {
     /// Adds a stored instance (no change event, no copy). The revision rises to the
     /// instance's own.
@@ -379,12 +389,89 @@ impl Registry {
             }
             return;
         }
+        if changes.len() >= PARALLEL_APPLY_FROM {
+            self.apply_all_parallel(changes);
+            return;
+        }
         self.loading = Some(Box::default());
         for change in changes {
             self.apply(change);
         }
         self.take_buffered();
         self.loading = None;
+    }
+
+    /// [`Registry::apply_all`] for a large write: each run of new instances takes its slots
+    /// and id map entries one by one, then has its postings added on two threads (labels
+    /// here, meta on a second one; see [`Index::insert_all`]) before the run is finished in
+    /// order. Any other change ends the run first, so it sees a whole index.
+    fn apply_all_parallel(&mut self, changes: Vec<Change>) {
+        let mut run: Vec<(u32, u64)> = Vec::new();
+        for change in changes {
+            let revision = change.revision();
+            let instance = match change {
+                Change::Put(instance) => instance,
+                other => {
+                    self.finish_new_run(&mut run);
+                    self.apply(other);
+                    continue;
+                }
+            };
+            let free_slot = self.free.last().copied().unwrap_or(self.slots.len() as u32);
+            match self
+                .by_id
+                .get_or_insert(instance.id(), &self.slots, free_slot)
+            {
+                Err(slot) => {
+                    // New: readable in its slot at once (the id map's next growth reads it).
+                    if self.free.pop().is_none() {
+                        self.slots.push(None);
+                    }
+                    if let Some(entry) = self.slots.get_mut(slot as usize) {
+                        *entry = Some(instance);
+                    }
+                    run.push((slot, revision));
+                    self.revision = self.revision.max(revision);
+                }
+                Ok(_) => {
+                    self.finish_new_run(&mut run);
+                    self.apply(Change::Put(instance));
+                }
+            }
+        }
+        self.finish_new_run(&mut run);
+    }
+
+    /// Indexes a run of new instances already in their slots (see
+    /// [`Registry::apply_all_parallel`]) and finishes each as [`Registry::put`] does.
+    fn finish_new_run(&mut self, run: &mut Vec<(u32, u64)>) {
+        if run.is_empty() {
+            return;
+        }
+        let slots = &self.slots;
+        let new: Vec<(u32, &InstanceFields, Health)> = run
+            .iter()
+            .filter_map(|&(slot, _)| {
+                let instance = slots.get(slot as usize)?.as_ref()?;
+                Some((slot, &instance.fields, instance.health))
+            })
+            .collect();
+        let shared = self.index.insert_all(&new, run.len() >= PARALLEL_RUN_FROM);
+        drop(new);
+        for (&(slot, revision), shared) in run.iter().zip(shared) {
+            let Some(mut instance) = self.slots.get(slot as usize).and_then(Option::clone) else {
+                continue;
+            };
+            self.order_insert(&instance.fields.service, slot, instance.id());
+            if !shared {
+                let mut owned = Instance::clone(&instance);
+                self.index
+                    .intern(&mut owned.fields, &mut FreshStrings::default());
+                instance = Arc::new(owned);
+            }
+            self.finish_put(slot, instance, revision);
+        }
+        run.clear();
     }
 
     /// Applies a sequenced change and raises the revision to the change's.
@@ -448,14 +535,31 @@ impl Registry {
         }
     }
 
+    /// [`Registry::intern`] of a registration's labels alone (see [`Registration::strings_mut`]):
+    /// the labels and the meta of a batch can be interned on two threads, each with its own
+    /// `fresh`, without the two ever touching the same shared string.
+    pub fn intern_labels(&self, labels: &mut LabelsMut<'_>, fresh: &mut FreshStrings) {
+        self.index.intern_labels(labels, fresh);
+    }
+
+    /// [`Registry::intern`] of a registration's meta alone.
+    pub fn intern_meta(&self, meta: &mut MetaMut<'_>, fresh: &mut FreshStrings) {
+        self.index.intern_meta(meta, fresh);
+    }
+
     /// Stores `instance` in its slot and indexes it. The record is kept as it is when its
     /// strings are the index's own (an interned registration, a health change, a restart's
     /// decoded records); otherwise a copy with the index's strings is stored, so equal
     /// strings are held once and the caller's copy is untouched.
     fn put(&mut self, mut instance: Arc<Instance>, revision: u64) {
         let mut shared = true;
-        let slot = match self.by_id.get(instance.id(), &self.slots) {
-            Some(slot) => {
+        // The slot a new id takes: the last freed one, else a new one at the end.
+        let free_slot = self.free.last().copied().unwrap_or(self.slots.len() as u32);
+        let slot = match self
+            .by_id
+            .get_or_insert(instance.id(), &self.slots, free_slot)
+        {
+            Ok(slot) => {
                 // A load that meets an id twice: the index must be whole before a removal.
                 self.take_buffered();
                 let old = self.slots.get_mut(slot as usize).and_then(Option::take);
@@ -491,20 +595,15 @@ impl Registry {
                 }
                 slot
             }
-            None => {
-                let slot = match self.free.pop() {
-                    Some(slot) => slot,
-                    None => {
-                        self.slots.push(None);
-                        (self.slots.len() - 1) as u32
-                    }
-                };
+            Err(slot) => {
+                if self.free.pop().is_none() {
+                    self.slots.push(None);
+                }
                 let buffer = self.loading.as_deref_mut();
                 shared =
                     self.index
                         .insert_buffered(slot, &instance.fields, instance.health, buffer);
                 self.order_insert(&instance.fields.service, slot, instance.id());
-                self.by_id.insert(instance.id(), slot, &self.slots);
                 slot
             }
         };
@@ -520,6 +619,12 @@ impl Registry {
                 }
             }
         }
+        self.finish_put(slot, instance, revision);
+    }
+
+    /// The end of [`Registry::put`]: the service is known, touched at `revision`, and the
+    /// record takes its slot.
+    fn finish_put(&mut self, slot: u32, instance: Arc<Instance>, revision: u64) {
         if !self
             .sorted_services
             .contains(&*service_key(&instance.fields.service))

@@ -25,9 +25,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use hashbrown::HashMap;
 use svcmeta_core::{
-    resolve, CachedPage, Change, Event, FreshStrings, Health, IndexStats, Instance, Limits,
-    Mutation, MutationError, Page, PlanStep, Query, QueryAnswer, QueryCache, Registry,
-    ServiceSummary,
+    resolve, CachedPage, Change, Event, FreshStrings, Health, IndexStats, Instance, LabelsMut,
+    Limits, MetaMut, Mutation, MutationError, Page, PlanStep, Query, QueryAnswer, QueryCache,
+    Registration, Registry, ServiceSummary,
 };
 use svcmeta_store::{Batch, InstanceChunk, LeaseClaim, LoadStrings, Store, StoreError};
 use tokio::sync::{oneshot, watch};
@@ -808,6 +808,34 @@ struct Resolution {
     rejected: Vec<(WriteRequest, MutationError)>,
 }
 
+/// Reads an id's state while a batch is resolved: the batch's own writes first (`overlay`),
+/// then the registry. With `keep` (a shared store) it also notes the revision of each id read
+/// from the registry, for the store to check.
+struct Seen<'r> {
+    registry: &'r Registry,
+    keep: bool,
+}
+
+impl Seen<'_> {
+    fn current(
+        &self,
+        id: &str,
+        overlay: &HashMap<String, Option<Arc<Instance>>>,
+        checked: &hashbrown::HashSet<String>,
+        local_checks: &mut HashMap<String, u64>,
+    ) -> Option<Arc<Instance>> {
+        if let Some(state) = overlay.get(id) {
+            return state.clone();
+        }
+        let state = self.registry.get(id).cloned();
+        if self.keep && !checked.contains(id) && !local_checks.contains_key(id) {
+            let revision = state.as_ref().map_or(0, |i| i.modify_revision);
+            local_checks.insert(id.to_string(), revision);
+        }
+        state
+    }
+}
+
 impl Shared {
     fn run_committer(&self, receiver: mpsc::Receiver<WriteRequest>) {
         while let Ok(first) = receiver.recv() {
@@ -884,8 +912,11 @@ impl Shared {
     /// Resolves each request of a batch against the registry (and the requests before it),
     /// all or nothing per request, with placeholder revisions following the registry's.
     /// With `keep`, accepted and rejected requests keep a copy to be resolved again.
-    fn resolve_batch(&self, batch: Vec<WriteRequest>, now: u64, keep: bool) -> Resolution {
+    fn resolve_batch(&self, mut batch: Vec<WriteRequest>, now: u64, keep: bool) -> Resolution {
         let registry = read_lock(&self.registry);
+        // Registrations of the batch share the index's strings (and each other's new ones),
+        // so the registry stores them without copying.
+        intern_all(&registry, &mut batch);
         let base = registry.revision();
         let mut resolution = Resolution {
             base,
@@ -900,15 +931,21 @@ impl Shared {
         };
         let mut revision = base;
         let mut live = registry.len() as u64;
-        // The state of ids written earlier in this batch.
-        let mut overlay: HashMap<String, Option<Arc<Instance>>> = HashMap::new();
+        // The state of ids written earlier in this batch (by accepted requests and by the
+        // request being resolved; a rejected request's entries are put back as they were).
+        let total: usize = batch.iter().map(|r| r.mutations.len()).sum();
+        let mut overlay: HashMap<String, Option<Arc<Instance>>> = HashMap::with_capacity(total);
         let mut checked: hashbrown::HashSet<String> = hashbrown::HashSet::new();
-        // Registrations of the batch share the index's strings (and each other's new ones),
-        // so the registry stores them without copying.
-        let mut fresh = FreshStrings::default();
+        let seen = Seen {
+            registry: &registry,
+            keep,
+        };
         for request in batch {
             let start_revision = revision;
             let start_live = live;
+            let start_changes = resolution.changes.len();
+            let start_events = resolution.events.len();
+            let start_leases = resolution.lease_updates.len();
             let retry = keep.then(|| Retry {
                 mutations: request.mutations.clone(),
                 expect: request.expect.clone(),
@@ -916,33 +953,14 @@ impl Shared {
                 attempt: request.attempt,
                 waits: request.waits,
             });
-            let mut local: HashMap<String, Option<Arc<Instance>>> = HashMap::new();
+            // What this request's changes replaced in the overlay, in order (to put back).
+            let mut replaced: Vec<Option<Option<Arc<Instance>>>> = Vec::new();
             let mut local_checks: HashMap<String, u64> = HashMap::new();
-            let mut local_changes = Vec::new();
-            let mut local_events = Vec::new();
-            let mut local_leases = Vec::new();
             let mut states = Vec::with_capacity(request.mutations.len());
             let mut failure = None;
-            // Reads an id's state as this request sees it; with `keep` (a shared store) it also
-            // notes the revision of each id read from the registry, for the store to check.
-            let current_of = |id: &str,
-                              local: &HashMap<String, Option<Arc<Instance>>>,
-                              local_checks: &mut HashMap<String, u64>|
-             -> Option<Arc<Instance>> {
-                match local.get(id).or(overlay.get(id)) {
-                    Some(state) => state.clone(),
-                    None => {
-                        let state = registry.get(id).cloned();
-                        if keep && !checked.contains(id) && !local_checks.contains_key(id) {
-                            let revision = state.as_ref().map_or(0, |i| i.modify_revision);
-                            local_checks.insert(id.to_string(), revision);
-                        }
-                        state
-                    }
-                }
-            };
             for (id, expected) in &request.expect {
-                let actual = current_of(id, &local, &mut local_checks)
+                let actual = seen
+                    .current(id, &overlay, &checked, &mut local_checks)
                     .map_or(0, |instance| instance.modify_revision);
                 if actual != *expected {
                     failure = Some(MutationError::Conflict {
@@ -955,23 +973,28 @@ impl Shared {
             }
             if let Some(claim) = &request.claim {
                 // A timer is carried out against the instance as this node knows it.
-                current_of(&claim.id, &local, &mut local_checks);
+                seen.current(&claim.id, &overlay, &checked, &mut local_checks);
             }
             let claim_only = request.claim.is_some();
-            for mut mutation in request.mutations {
+            for mutation in request.mutations {
                 if failure.is_some() {
                     break;
                 }
-                registry.intern(&mut mutation, &mut fresh);
-                let id = mutation.id().to_string();
                 let renews = matches!(mutation, Mutation::Register(_) | Mutation::Renew(_));
-                let current = current_of(&id, &local, &mut local_checks);
+                let current = seen.current(mutation.id(), &overlay, &checked, &mut local_checks);
+                // The id, kept for a lease restarted by an unchanged write.
+                let leased_id = current
+                    .as_ref()
+                    .is_some_and(|i| i.fields.ttl_ms.is_some())
+                    .then(|| mutation.id().to_string());
                 match resolve(current.as_ref(), mutation, revision + 1, now) {
                     Ok(None) => {
                         // An unchanged registration or a renewal still restarts a lease.
                         let ttl = current.as_ref().and_then(|i| i.fields.ttl_ms);
-                        if let (true, Some(ttl)) = (renews, ttl) {
-                            local_leases.push((id, Some(now.saturating_add(ttl))));
+                        if let (true, Some(ttl), Some(id)) = (renews, ttl, leased_id) {
+                            resolution
+                                .lease_updates
+                                .push((id, Some(now.saturating_add(ttl))));
                         }
                         states.push(current);
                     }
@@ -994,14 +1017,19 @@ impl Shared {
                             break;
                         }
                         revision += 1;
+                        let id = change.id().to_string();
                         let had_lease = current.as_ref().is_some_and(|i| i.fields.ttl_ms.is_some());
                         let ttl = state.as_ref().and_then(|i| i.fields.ttl_ms);
                         if (renews || state.is_none()) && (had_lease || ttl.is_some()) {
-                            local_leases.push((id.clone(), ttl.map(|ttl| now.saturating_add(ttl))));
+                            resolution
+                                .lease_updates
+                                .push((id.clone(), ttl.map(|ttl| now.saturating_add(ttl))));
                         }
-                        local_events.extend(Event::describe(current.as_ref(), &change));
-                        local.insert(id, state.clone());
-                        local_changes.push(change);
+                        resolution
+                            .events
+                            .extend(Event::describe(current.as_ref(), &change));
+                        replaced.push(overlay.insert(id, state.clone()));
+                        resolution.changes.push(change);
                         states.push(state);
                     }
                     // A timer whose instance is gone is still taken off the timer set.
@@ -1016,6 +1044,20 @@ impl Shared {
             if let Some(error) = failure {
                 revision = start_revision;
                 live = start_live;
+                // Put the overlay back as it was before this request, newest change first.
+                let undone = resolution.changes.drain(start_changes..).rev();
+                for (change, previous) in undone.zip(replaced.into_iter().rev()) {
+                    match previous {
+                        Some(previous) => {
+                            overlay.insert(change.id().to_string(), previous);
+                        }
+                        None => {
+                            overlay.remove(change.id());
+                        }
+                    }
+                }
+                resolution.events.truncate(start_events);
+                resolution.lease_updates.truncate(start_leases);
                 let request = match retry {
                     Some(retry) => retry.into_request(reply),
                     None => WriteRequest::new(Vec::new(), Vec::new(), reply),
@@ -1023,8 +1065,7 @@ impl Shared {
                 resolution.rejected.push((request, error));
                 continue;
             }
-            let changed = local_changes.len();
-            overlay.extend(local);
+            let changed = resolution.changes.len() - start_changes;
             for (id, revision) in local_checks {
                 checked.insert(id.clone());
                 resolution.checks.push((id, revision));
@@ -1032,9 +1073,6 @@ impl Shared {
             if let Some(claim) = &request.claim {
                 resolution.claims.push(claim.clone());
             }
-            resolution.changes.extend(local_changes);
-            resolution.events.extend(local_events);
-            resolution.lease_updates.extend(local_leases);
             resolution.accepted.push(Accepted {
                 reply,
                 states,
@@ -1143,6 +1181,57 @@ impl Shared {
             }));
         }
     }
+}
+
+/// Registrations in one batch from which [`intern_all`] splits the work over two threads.
+const PARALLEL_INTERN_FROM: usize = 4_096;
+
+/// Replaces the strings of every registration in `batch` by the index's copies, or by copies
+/// the batch shares. Read-only on the registry, so a large batch (a bulk write) is split over
+/// two threads, the other core being otherwise idle while the committer works through it:
+/// one thread takes the labels (service, tags, version, environment, region) and the other
+/// the meta pairs, so no shared string's reference count is bumped from both cores.
+fn intern_all(registry: &Registry, batch: &mut [WriteRequest]) {
+    let registrations: Vec<&mut Registration> = batch
+        .iter_mut()
+        .flat_map(|request| request.mutations.iter_mut())
+        .filter_map(|mutation| match mutation {
+            Mutation::Register(registration) => Some(registration),
+            _ => None,
+        })
+        .collect();
+    let (mut labels, mut metas): (Vec<LabelsMut<'_>>, Vec<MetaMut<'_>>) = registrations
+        .into_iter()
+        .map(Registration::strings_mut)
+        .unzip();
+    let intern_labels = |labels: &mut [LabelsMut<'_>]| {
+        let mut fresh = FreshStrings::default();
+        for part in labels {
+            registry.intern_labels(part, &mut fresh);
+        }
+    };
+    let intern_meta = |metas: &mut [MetaMut<'_>]| {
+        let mut fresh = FreshStrings::default();
+        for part in metas {
+            registry.intern_meta(part, &mut fresh);
+        }
+    };
+    if labels.len() < PARALLEL_INTERN_FROM {
+        intern_labels(&mut labels);
+        intern_meta(&mut metas);
+        return;
+    }
+    std::thread::scope(|scope| {
+        // A part left as it is (no thread could be started, or it failed) is still right:
+        // the registry then stores those registrations with a copy of their strings.
+        let helper = std::thread::Builder::new()
+            .name("svcmeta-intern".to_string())
+            .spawn_scoped(scope, || intern_meta(&mut metas));
+        intern_labels(&mut labels);
+        if let Ok(helper) = helper {
+            let _ = helper.join();
+        }
+    });
 }
 
 /// Loads a local store on one thread while indexing what it has read on this one (a restart

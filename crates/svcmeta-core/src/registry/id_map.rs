@@ -7,6 +7,7 @@
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
+use hashbrown::hash_table::Entry;
 use hashbrown::{DefaultHashBuilder, HashTable};
 
 use crate::model::Instance;
@@ -56,13 +57,38 @@ impl IdMap {
             .copied()
     }
 
-    /// Records that `id` is at `slot`; `id` must not be in the map yet. The record in `slot`
-    /// need not be readable yet, but every other entry's must.
-    pub(super) fn insert(&mut self, id: &str, slot: u32, slots: &Slots) {
+    /// `Ok` with the slot of `id`, or, when `id` is not in the map, `Err(new_slot)` after
+    /// recording `new_slot` for it: one probe instead of a look-up and an insert. The record in
+    /// the new slot need not be readable yet, but every other entry's must.
+    pub(super) fn get_or_insert(
+        &mut self,
+        id: &str,
+        slots: &Slots,
+        new_slot: u32,
+    ) -> Result<u32, u32> {
         let hash = self.hasher.hash_one(id);
         let hasher = &self.hasher;
-        self.table
-            .insert_unique(hash, slot, |&other| hasher.hash_one(id_at(slots, other)));
+        if self.table.len() == self.table.capacity() {
+            // `entry` would grow a full table even for an id it then finds; grow only to add.
+            if let Some(&slot) = self.table.find(hash, |&slot| id_at(slots, slot) == id) {
+                return Ok(slot);
+            }
+            self.table.insert_unique(hash, new_slot, |&other| {
+                hasher.hash_one(id_at(slots, other))
+            });
+            return Err(new_slot);
+        }
+        match self.table.entry(
+            hash,
+            |&slot| id_at(slots, slot) == id,
+            |&other| hasher.hash_one(id_at(slots, other)),
+        ) {
+            Entry::Occupied(entry) => Ok(*entry.get()),
+            Entry::Vacant(entry) => {
+                entry.insert(new_slot);
+                Err(new_slot)
+            }
+        }
     }
 
     /// Forgets `id` and returns its slot; the record must still be in the slot.

@@ -2320,9 +2320,10 @@ fn a_large_batch_applied_at_once_builds_the_same_index_as_change_by_change() {
     let mut rng = Rng(7);
     let mut changes = Vec::new();
     let mut live: Vec<String> = Vec::new();
-    for n in 0..6_000 {
+    for n in 0..14_000 {
         let roll = rng.below(100);
-        let change = if roll < 70 || live.is_empty() {
+        // The first 6,000 changes are new instances only: one long run for the two threads.
+        let change = if roll < 70 || live.is_empty() || n < 6_000 {
             let id = format!("i-{n:05}");
             live.push(id.clone());
             h.register(synthetic(&mut rng, &id, 200))
@@ -2338,13 +2339,33 @@ fn a_large_batch_applied_at_once_builds_the_same_index_as_change_by_change() {
         };
         changes.extend(change);
     }
-    assert!(changes.len() > 4 * BULK_APPLY_FROM);
+    assert!(changes.len() > 2 * PARALLEL_APPLY_FROM + 3_000 + 2 * BULK_APPLY_FROM);
+    // As the catalog hands them over, the records share their strings (one allocation per
+    // distinct value), so the bulk paths find later postings of a value by its address.
+    let mut fresh = FreshStrings::default();
+    let empty = Registry::new();
+    for change in &mut changes {
+        if let Change::Put(instance) = change {
+            let mut shared = Instance::clone(instance);
+            empty.index.intern(&mut shared.fields, &mut fresh);
+            *instance = Arc::new(shared);
+        }
+    }
     let mut batched = Registry::new();
-    // Batches of several sizes, some below the bulk threshold.
+    // Batches of several sizes: below the bulk threshold, bulk, and large enough to be
+    // indexed on two threads (new instances only, mixed at that threshold, and mixed far
+    // above it).
     let mut rest = changes.as_slice();
-    for size in [BULK_APPLY_FROM - 1, 3_000, BULK_APPLY_FROM, usize::MAX]
-        .iter()
-        .cycle()
+    for size in [
+        6_000,
+        BULK_APPLY_FROM - 1,
+        3_000,
+        BULK_APPLY_FROM,
+        PARALLEL_APPLY_FROM,
+        usize::MAX,
+    ]
+    .iter()
+    .cycle()
     {
         if rest.is_empty() {
             break;

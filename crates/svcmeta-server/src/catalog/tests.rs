@@ -230,6 +230,66 @@ fn a_rejected_request_queued_with_accepted_ones_does_not_disturb_them() {
     }
 }
 
+#[test]
+fn a_rejected_request_in_a_batch_leaves_the_batch_state_as_the_requests_before_it_made_it() {
+    // Resolved as one batch: a rejected request's changes to ids that earlier requests of the
+    // same batch wrote must be undone, so later requests see the earlier requests' state.
+    let catalog = Catalog::open(Store::Memory, CatalogSettings::standard()).expect("open");
+    catalog
+        .write_blocking(vec![register("gone", "svc")])
+        .expect("setup");
+    let request = |mutations: Vec<Mutation>| {
+        let (reply, _answer) = oneshot::channel();
+        WriteRequest::new(mutations, Vec::new(), reply)
+    };
+    let batch = vec![
+        // 1: accepted; a at port 1.
+        request(vec![register_port("a", "svc", 1)]),
+        // 2: rejected: changes a, removes gone, registers new, then fails.
+        request(vec![
+            register_port("a", "svc", 2),
+            deregister("gone"),
+            register("new", "svc"),
+            deregister("ghost"),
+        ]),
+        // 3: a is as request 1 left it, so the same registration changes nothing.
+        request(vec![register_port("a", "svc", 1)]),
+        // 4: gone still exists and new does not.
+        request(vec![deregister("gone")]),
+        request(vec![deregister("new")]),
+    ];
+    let resolution = catalog.shared.resolve_batch(batch, 0, false);
+    assert_eq!(resolution.accepted.len(), 3, "requests 1, 3 and 4");
+    let rejected: Vec<_> = resolution.rejected.iter().map(|(_, e)| e.clone()).collect();
+    assert_eq!(
+        rejected,
+        vec![
+            MutationError::NotFound("ghost".to_string()),
+            MutationError::NotFound("new".to_string()),
+        ]
+    );
+    let changed: Vec<usize> = resolution.accepted.iter().map(|a| a.changed).collect();
+    assert_eq!(changed, vec![1, 0, 1]);
+    let changes: Vec<(String, Option<u16>)> = resolution
+        .changes
+        .iter()
+        .map(|change| match change {
+            Change::Put(instance) => (instance.id().to_string(), Some(instance.fields.port)),
+            Change::Remove { id, .. } => (id.clone(), None),
+        })
+        .collect();
+    assert_eq!(
+        changes,
+        vec![("a".to_string(), Some(1)), ("gone".to_string(), None)]
+    );
+    assert_eq!(
+        resolution.events.len(),
+        2,
+        "one event per change, none of request 2's"
+    );
+    assert_eq!(resolution.revision, catalog.revision() + 2);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Revisions
 // ---------------------------------------------------------------------------------------------
