@@ -352,12 +352,9 @@ impl LabelLists<'_> {
             });
         }
         if let Some(region) = &fields.region {
-            shared &= post(
-                buffer,
-                (List::Region, region, None),
-                slot,
-                || add(self.regions, region, slot),
-            );
+            shared &= post(buffer, (List::Region, region, None), slot, || {
+                add(self.regions, region, slot)
+            });
         }
         shared
     }

@@ -125,6 +125,10 @@ struct WriteRequest {
     attempt: u8,
     /// How often it waited for another node's write fence (shared store).
     waits: u16,
+    /// Whether its registrations were interned when it was submitted (on the writer's own
+    /// thread, so the committer does not do it again; a string new then may have a key by the
+    /// time the request is applied, and the registry then stores a copy).
+    interned: bool,
     reply: oneshot::Sender<Result<WriteOutcome, WriteError>>,
 }
 
@@ -140,6 +144,7 @@ impl WriteRequest {
             claim: None,
             attempt: 0,
             waits: 0,
+            interned: false,
             reply,
         }
     }
@@ -529,17 +534,23 @@ impl Catalog {
         expect: Vec<(String, u64)>,
     ) -> oneshot::Receiver<Result<WriteOutcome, WriteError>> {
         let (reply, receiver) = oneshot::channel();
+        let mut request = WriteRequest::new(mutations, expect, reply);
+        // The writer's thread interns the request's strings (under the read lock, as queries
+        // read), which takes that work off the one committer thread.
+        intern_all(
+            &read_lock(&self.shared.registry),
+            std::slice::from_mut(&mut request),
+        );
+        request.interned = true;
         let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         match writer.as_ref() {
             Some(sender) => {
-                if let Err(mpsc::SendError(request)) =
-                    sender.send(WriteRequest::new(mutations, expect, reply))
-                {
+                if let Err(mpsc::SendError(request)) = sender.send(request) {
                     let _ = request.reply.send(Err(WriteError::ShuttingDown));
                 }
             }
             None => {
-                let _ = reply.send(Err(WriteError::ShuttingDown));
+                let _ = request.reply.send(Err(WriteError::ShuttingDown));
             }
         }
         receiver
@@ -787,6 +798,8 @@ impl Retry {
             claim: self.claim,
             attempt: self.attempt,
             waits: self.waits,
+            // The kept mutations were interned before they were kept.
+            interned: true,
             reply,
         }
     }
@@ -915,7 +928,8 @@ impl Shared {
     fn resolve_batch(&self, mut batch: Vec<WriteRequest>, now: u64, keep: bool) -> Resolution {
         let registry = read_lock(&self.registry);
         // Registrations of the batch share the index's strings (and each other's new ones),
-        // so the registry stores them without copying.
+        // so the registry stores them without copying. Submitted requests were interned by
+        // their writers; the committer's own (lease timers) are interned here.
         intern_all(&registry, &mut batch);
         let base = registry.revision();
         let mut resolution = Resolution {
@@ -1186,14 +1200,15 @@ impl Shared {
 /// Registrations in one batch from which [`intern_all`] splits the work over two threads.
 const PARALLEL_INTERN_FROM: usize = 4_096;
 
-/// Replaces the strings of every registration in `batch` by the index's copies, or by copies
-/// the batch shares. Read-only on the registry, so a large batch (a bulk write) is split over
-/// two threads, the other core being otherwise idle while the committer works through it:
-/// one thread takes the labels (service, tags, version, environment, region) and the other
-/// the meta pairs, so no shared string's reference count is bumped from both cores.
+/// Replaces the strings of every registration in `batch` not yet interned by the index's
+/// copies, or by copies the batch shares. Read-only on the registry, so it runs on the
+/// writer's thread when a request is submitted; a large batch (a bulk write) is split over
+/// two threads: one takes the labels (service, tags, version, environment, region) and the
+/// other the meta pairs, so no shared string's reference count is bumped from both cores.
 fn intern_all(registry: &Registry, batch: &mut [WriteRequest]) {
     let registrations: Vec<&mut Registration> = batch
         .iter_mut()
+        .filter(|request| !request.interned)
         .flat_map(|request| request.mutations.iter_mut())
         .filter_map(|mutation| match mutation {
             Mutation::Register(registration) => Some(registration),
