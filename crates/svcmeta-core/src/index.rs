@@ -192,7 +192,7 @@ struct Pending {
 /// no comparison) and appended to a vector; [`Index::take_buffered`] then appends each
 /// vector to its bitmap at once, instead of one bitmap insert per posting.
 /// It has one part for the label lists and one for the meta lists, so the two can be filled
-/// on two threads ([`Index::insert_all`]).
+/// on two threads (see [`Index::parts_mut`]).
 #[derive(Debug, Default)]
 pub(crate) struct LoadBuffer {
     labels: PartBuffer,
@@ -221,7 +221,7 @@ impl LoadBuffer {
 }
 
 /// The posting lists of everything but meta, borrowed apart from the meta lists.
-struct LabelLists<'a> {
+pub(crate) struct LabelLists<'a> {
     all: &'a mut RoaringBitmap,
     services: &'a mut Postings,
     tags: &'a mut Postings,
@@ -232,7 +232,7 @@ struct LabelLists<'a> {
 }
 
 /// The meta posting lists, borrowed apart from the label lists.
-struct MetaLists<'a> {
+pub(crate) struct MetaLists<'a> {
     meta_keys: &'a mut Postings,
     meta_values: &'a mut HashMap<Text, Postings>,
 }
@@ -359,6 +359,19 @@ impl LabelLists<'_> {
         shared
     }
 
+    /// Adds the label postings of the instances `new` (slots not in the index yet),
+    /// collected in bulk as a restart does; returns, for each, whether its label strings are
+    /// the index's own (see [`Index::insert`]).
+    pub(crate) fn insert_run(&mut self, new: &[(u32, &InstanceFields, Health)]) -> Vec<bool> {
+        let mut buffer = PartBuffer::default();
+        let shared = new
+            .iter()
+            .map(|&(slot, fields, health)| self.insert(slot, fields, health, Some(&mut buffer)))
+            .collect();
+        self.take(&mut buffer);
+        shared
+    }
+
     /// Moves the label postings `buffer` collected into their bitmaps and empties it.
     fn take(&mut self, buffer: &mut PartBuffer) {
         for (_, pending) in buffer.lists.drain() {
@@ -408,6 +421,17 @@ impl MetaLists<'_> {
         shared
     }
 
+    /// [`LabelLists::insert_run`] for the meta postings.
+    pub(crate) fn insert_run(&mut self, new: &[(u32, &InstanceFields, Health)]) -> Vec<bool> {
+        let mut buffer = PartBuffer::default();
+        let shared = new
+            .iter()
+            .map(|&(slot, fields, _)| self.insert(slot, &fields.meta, Some(&mut buffer)))
+            .collect();
+        self.take(&mut buffer);
+        shared
+    }
+
     /// Moves the meta postings `buffer` collected into their bitmaps and empties it.
     fn take(&mut self, buffer: &mut PartBuffer) {
         for (_, pending) in buffer.lists.drain() {
@@ -453,69 +477,8 @@ impl Index {
         labels_shared && meta_shared
     }
 
-    /// Adds every posting of the instances `new` (slot, fields, health; slots not in the index
-    /// yet) and returns, for each, whether every string of its record is the index's own
-    /// copy (as [`Index::insert`]). Postings are collected in bulk as a restart does. With
-    /// `parallel`, the label lists are filled on this thread and the meta lists on a second
-    /// one (scoped, joined before returning); otherwise, or when no thread can be started,
-    /// both are filled here.
-    pub(crate) fn insert_all(
-        &mut self,
-        new: &[(u32, &InstanceFields, Health)],
-        parallel: bool,
-    ) -> Vec<bool> {
-        let (mut labels, mut metas) = self.parts_mut();
-        let fill_labels = |labels: &mut LabelLists<'_>| {
-            let mut buffer = PartBuffer::default();
-            let shared: Vec<bool> = new
-                .iter()
-                .map(|&(slot, fields, health)| {
-                    labels.insert(slot, fields, health, Some(&mut buffer))
-                })
-                .collect();
-            labels.take(&mut buffer);
-            shared
-        };
-        let fill_meta = |metas: &mut MetaLists<'_>| {
-            let mut buffer = PartBuffer::default();
-            let shared: Vec<bool> = new
-                .iter()
-                .map(|&(slot, fields, _)| metas.insert(slot, &fields.meta, Some(&mut buffer)))
-                .collect();
-            metas.take(&mut buffer);
-            shared
-        };
-        if !parallel {
-            let labels_shared = fill_labels(&mut labels);
-            let meta_shared = fill_meta(&mut metas);
-            return labels_shared
-                .into_iter()
-                .zip(meta_shared)
-                .map(|(labels, meta)| labels && meta)
-                .collect();
-        }
-        let (labels_shared, meta_shared) = std::thread::scope(|scope| {
-            let helper = std::thread::Builder::new()
-                .name("svcmeta-index".to_string())
-                .spawn_scoped(scope, || fill_meta(&mut metas));
-            let labels_shared = fill_labels(&mut labels);
-            let meta_shared = match helper {
-                Ok(helper) => helper.join().ok(),
-                Err(_) => None,
-            };
-            (labels_shared, meta_shared)
-        });
-        // No second thread (it could not start): the meta lists are filled here.
-        let meta_shared = meta_shared.unwrap_or_else(|| fill_meta(&mut metas));
-        labels_shared
-            .into_iter()
-            .zip(meta_shared)
-            .map(|(labels, meta)| labels && meta)
-            .collect()
-    }
-
-    /// The label lists and the meta lists, borrowed apart.
-    fn parts_mut(&mut self) -> (LabelLists<'_>, MetaLists<'_>) {
+    /// The label lists and the meta lists, borrowed apart (two threads can fill them).
+    pub(crate) fn parts_mut(&mut self) -> (LabelLists<'_>, MetaLists<'_>) {
         (
             LabelLists {
                 all: &mut self.all,

@@ -443,33 +443,105 @@ impl Registry {
     }
 
     /// Indexes a run of new instances already in their slots (see
-    /// [`Registry::apply_all_parallel`]) and finishes each as [`Registry::put`] does.
+    /// [`Registry::apply_all_parallel`]) and finishes each as [`Registry::put`] does. A long
+    /// run is split over two threads by what they write: this one adds the label postings
+    /// and then each service's name and revision, a second one (scoped, joined here) the meta
+    /// postings and then each instance's place in its service's id order.
     fn finish_new_run(&mut self, run: &mut Vec<(u32, u64)>) {
         if run.is_empty() {
             return;
         }
-        let slots = &self.slots;
-        let new: Vec<(u32, &InstanceFields, Health)> = run
+        let parallel = run.len() >= PARALLEL_RUN_FROM;
+        let Registry {
+            slots,
+            index,
+            sorted_services,
+            service_order,
+            service_revisions,
+            ..
+        } = self;
+        let slots: &Slots = slots;
+        let new: Vec<(u32, &Arc<Instance>, u64)> = run
             .iter()
-            .filter_map(|&(slot, _)| {
-                let instance = slots.get(slot as usize)?.as_ref()?;
-                Some((slot, &instance.fields, instance.health))
+            .filter_map(|&(slot, revision)| {
+                Some((slot, slots.get(slot as usize)?.as_ref()?, revision))
             })
             .collect();
-        let shared = self.index.insert_all(&new, run.len() >= PARALLEL_RUN_FROM);
+        let fields: Vec<(u32, &InstanceFields, Health)> = new
+            .iter()
+            .map(|&(slot, instance, _)| (slot, &instance.fields, instance.health))
+            .collect();
+        let (mut labels, mut metas) = index.parts_mut();
+        let mut label_side = || {
+            let shared = labels.insert_run(&fields);
+            for &(_, instance, revision) in &new {
+                let service = &instance.fields.service;
+                if !sorted_services.contains(&*service_key(service)) {
+                    sorted_services.insert(service_key_text(service));
+                }
+                touch(service_revisions, service, revision);
+            }
+            shared
+        };
+        let mut meta_side = || {
+            let shared = metas.insert_run(&fields);
+            for &(slot, instance, _) in &new {
+                order_insert_into(
+                    service_order,
+                    slots,
+                    &instance.fields.service,
+                    slot,
+                    instance.id(),
+                );
+            }
+            shared
+        };
+        let (labels_shared, meta_shared) = if parallel {
+            std::thread::scope(|scope| {
+                match std::thread::Builder::new()
+                    .name("svcmeta-index".to_string())
+                    .spawn_scoped(scope, &mut meta_side)
+                {
+                    Ok(helper) => {
+                        let labels_shared = label_side();
+                        // A panic of the helper is the caller's, as on one thread.
+                        let meta_shared = helper
+                            .join()
+                            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                        (labels_shared, meta_shared)
+                    }
+                    // No second thread: both sides run here.
+                    Err(_) => (label_side(), Vec::new()),
+                }
+            })
+        } else {
+            (label_side(), meta_side())
+        };
+        let meta_shared = if meta_shared.len() == labels_shared.len() {
+            meta_shared
+        } else {
+            meta_side()
+        };
+        let copies: Vec<u32> = new
+            .iter()
+            .zip(labels_shared.iter().zip(&meta_shared))
+            .filter(|(_, (labels, meta))| !(**labels && **meta))
+            .map(|(&(slot, _, _), _)| slot)
+            .collect();
         drop(new);
-        for (&(slot, revision), shared) in run.iter().zip(shared) {
-            let Some(mut instance) = self.slots.get(slot as usize).and_then(Option::clone) else {
+        drop(fields);
+        // Records with strings of their own (not prepared by the caller): every value has a
+        // key now, so a copy with the keys is stored instead.
+        for slot in copies {
+            let Some(entry) = self.slots.get_mut(slot as usize) else {
                 continue;
             };
-            self.order_insert(&instance.fields.service, slot, instance.id());
-            if !shared {
-                let mut owned = Instance::clone(&instance);
+            if let Some(instance) = entry.as_ref() {
+                let mut owned = Instance::clone(instance);
                 self.index
                     .intern(&mut owned.fields, &mut FreshStrings::default());
-                instance = Arc::new(owned);
+                *entry = Some(Arc::new(owned));
             }
-            self.finish_put(slot, instance, revision);
         }
         run.clear();
     }
@@ -640,27 +712,7 @@ impl Registry {
 
     /// Puts `slot` into its service's id order (the slot itself is not yet readable).
     fn order_insert(&mut self, service: &Text, slot: u32, id: &str) {
-        let slots = &self.slots;
-        let list = match self.service_order.get_mut(&*service_key(service)) {
-            Some(list) => list,
-            None => self
-                .service_order
-                .entry(service_key_text(service))
-                .or_default(),
-        };
-        let before = |s: &u32| {
-            slots
-                .get(*s as usize)
-                .and_then(Option::as_ref)
-                .is_some_and(|instance| instance.id() < id)
-        };
-        // A load in id order (and many new ids) goes last: one comparison instead of a search.
-        if list.last().is_none_or(before) {
-            list.push(slot);
-        } else {
-            let position = list.partition_point(before);
-            list.insert(position, slot);
-        }
+        order_insert_into(&mut self.service_order, &self.slots, service, slot, id);
     }
 
     /// Takes `slot` out of its service's id order (its instance already taken out of `slots`).
@@ -691,13 +743,7 @@ impl Registry {
     }
 
     fn touch_service(&mut self, service: &str, revision: u64) {
-        let key = service_key(service);
-        match self.service_revisions.get_mut(&*key) {
-            Some(entry) => *entry = (*entry).max(revision),
-            None => {
-                self.service_revisions.insert(Text::from(&*key), revision);
-            }
-        }
+        touch(&mut self.service_revisions, service, revision);
     }
 
     fn forget_service_if_empty(&mut self, service: &str) {
@@ -1292,6 +1338,45 @@ fn record_bytes(instance: &Instance) -> u64 {
         + round(fields.meta.len() * 2 * std::mem::size_of::<Text>())
 }
 
+/// Puts `slot` into the id order of `service` in `order` (the slot itself need not be
+/// readable yet).
+fn order_insert_into(
+    order: &mut HashMap<Text, Vec<u32>>,
+    slots: &Slots,
+    service: &Text,
+    slot: u32,
+    id: &str,
+) {
+    let list = match order.get_mut(&*service_key(service)) {
+        Some(list) => list,
+        None => order.entry(service_key_text(service)).or_default(),
+    };
+    let before = |s: &u32| {
+        slots
+            .get(*s as usize)
+            .and_then(Option::as_ref)
+            .is_some_and(|instance| instance.id() < id)
+    };
+    // A load in id order (and many new ids) goes last: one comparison instead of a search.
+    if list.last().is_none_or(before) {
+        list.push(slot);
+    } else {
+        let position = list.partition_point(before);
+        list.insert(position, slot);
+    }
+}
+
+/// Raises the revision of `service` in `revisions` to `revision`.
+fn touch(revisions: &mut HashMap<Text, u64>, service: &str, revision: u64) {
+    let key = service_key(service);
+    match revisions.get_mut(&*key) {
+        Some(entry) => *entry = (*entry).max(revision),
+        None => {
+            revisions.insert(Text::from(&*key), revision);
+        }
+    }
+}
+
 /// Whether two equal sets of fields hold the very same strings (not copies).
 fn same_strings(a: &InstanceFields, b: &InstanceFields) -> bool {
     let same = |x: &Text, y: &Text| Text::ptr_eq(x, y);
@@ -1350,7 +1435,7 @@ fn is_after(instance: &Instance, cursor: &Cursor) -> bool {
 
 mod id_map;
 
-use id_map::IdMap;
+use id_map::{IdMap, Slots};
 
 #[cfg(test)]
 mod tests;
