@@ -837,10 +837,25 @@ impl Seen<'_> {
         checked: &hashbrown::HashSet<String>,
         local_checks: &mut HashMap<String, u64>,
     ) -> Option<Arc<Instance>> {
+        self.current_or(id, overlay, checked, local_checks, None)
+    }
+
+    /// [`Seen::current`], with the registry's state of `id` already read (`stored`).
+    fn current_or(
+        &self,
+        id: &str,
+        overlay: &HashMap<String, Option<Arc<Instance>>>,
+        checked: &hashbrown::HashSet<String>,
+        local_checks: &mut HashMap<String, u64>,
+        stored: Option<Option<Arc<Instance>>>,
+    ) -> Option<Arc<Instance>> {
         if let Some(state) = overlay.get(id) {
             return state.clone();
         }
-        let state = self.registry.get(id).cloned();
+        let state = match stored {
+            Some(state) => state,
+            None => self.registry.get(id).cloned(),
+        };
         if self.keep && !checked.contains(id) && !local_checks.contains_key(id) {
             let revision = state.as_ref().map_or(0, |i| i.modify_revision);
             local_checks.insert(id.to_string(), revision);
@@ -954,7 +969,13 @@ impl Shared {
             registry: &registry,
             keep,
         };
+        // The registry's state of every mutation's id, in order, read on two threads for a
+        // large batch (empty otherwise: each is read when its mutation is resolved).
+        let mut fetched = fetch_states(&registry, &batch, total);
+        let mut offset = 0;
         for request in batch {
+            let first_mutation = offset;
+            offset += request.mutations.len();
             let start_revision = revision;
             let start_live = live;
             let start_changes = resolution.changes.len();
@@ -990,12 +1011,14 @@ impl Shared {
                 seen.current(&claim.id, &overlay, &checked, &mut local_checks);
             }
             let claim_only = request.claim.is_some();
-            for mutation in request.mutations {
+            for (n, mutation) in request.mutations.into_iter().enumerate() {
                 if failure.is_some() {
                     break;
                 }
                 let renews = matches!(mutation, Mutation::Register(_) | Mutation::Renew(_));
-                let current = seen.current(mutation.id(), &overlay, &checked, &mut local_checks);
+                let stored = fetched.get_mut(first_mutation + n).and_then(Option::take);
+                let current =
+                    seen.current_or(mutation.id(), &overlay, &checked, &mut local_checks, stored);
                 // The id, kept for a lease restarted by an unchanged write.
                 let leased_id = current
                     .as_ref()
@@ -1195,6 +1218,41 @@ impl Shared {
             }));
         }
     }
+}
+
+/// The registry's state of each mutation's id in `batch`, in order (`None` for an id not
+/// read), when the batch has at least [`PARALLEL_INTERN_FROM`] mutations: the second half is
+/// read on a second thread. Smaller batches get an empty list.
+fn fetch_states(
+    registry: &Registry,
+    batch: &[WriteRequest],
+    total: usize,
+) -> Vec<Option<Option<Arc<Instance>>>> {
+    if total < PARALLEL_INTERN_FROM {
+        return Vec::new();
+    }
+    let ids: Vec<&str> = batch
+        .iter()
+        .flat_map(|request| request.mutations.iter().map(Mutation::id))
+        .collect();
+    let read = |ids: &[&str]| -> Vec<Option<Option<Arc<Instance>>>> {
+        ids.iter()
+            .map(|id| Some(registry.get(id).cloned()))
+            .collect()
+    };
+    let (first, second) = ids.split_at(ids.len() / 2);
+    std::thread::scope(|scope| {
+        let helper = std::thread::Builder::new()
+            .name("svcmeta-fetch".to_string())
+            .spawn_scoped(scope, || read(second));
+        let mut states = read(first);
+        match helper.map(|helper| helper.join()) {
+            Ok(Ok(rest)) => states.extend(rest),
+            // Ids without a state read are read when their mutation is resolved.
+            _ => states.resize(ids.len(), None),
+        }
+        states
+    })
 }
 
 /// Registrations in one batch from which [`intern_all`] splits the work over two threads.

@@ -290,6 +290,62 @@ fn a_rejected_request_in_a_batch_leaves_the_batch_state_as_the_requests_before_i
     assert_eq!(resolution.revision, catalog.revision() + 2);
 }
 
+#[test]
+fn a_large_request_resolves_each_mutation_against_the_state_before_it() {
+    // Large enough for the registry's states to be read on two threads before resolving.
+    let catalog = Catalog::open(Store::Memory, CatalogSettings::standard()).expect("open");
+    let first: Vec<Mutation> = (0..5_000)
+        .map(|n| register(&format!("a-{n}"), "svc"))
+        .collect();
+    let created = catalog.write_blocking(first).expect("first").revision;
+    let original = |n: usize| catalog.get(&format!("a-{n}")).expect("a").create_revision;
+    let originals: Vec<u64> = (0..5_000).map(original).collect();
+    // Existing and new ids interleaved, so that each mutation's neighbour is in another state.
+    let mut second: Vec<Mutation> = Vec::new();
+    for n in 0..2_000 {
+        second.push(deregister(&format!("a-{n}")));
+        second.push(register(&format!("b-{n}"), "other"));
+    }
+    for n in 2_000..4_000 {
+        second.push(register_port(&format!("a-{n}"), "svc", 9));
+        second.push(register(&format!("c-{n}"), "other"));
+    }
+    second.push(deregister("b-0"));
+    second.push(register_port("a-4999", "svc", 8080));
+    let outcome = catalog.write_blocking(second).expect("second");
+    assert_eq!(
+        outcome.changed, 8_001,
+        "the last registration changes nothing"
+    );
+    assert_eq!(catalog.index_stats(0).instances, 3_000 + 1_999 + 2_000);
+    for (n, &original) in originals.iter().enumerate() {
+        let id = format!("a-{n}");
+        match (n, catalog.get(&id)) {
+            (0..2_000, None) => {}
+            (2_000..4_000, Some(replaced)) => {
+                assert_eq!(replaced.fields.port, 9, "{id}");
+                assert_eq!(replaced.create_revision, original, "{id}");
+                assert!(replaced.modify_revision > created, "{id}");
+            }
+            (4_000.., Some(untouched)) => {
+                assert_eq!(untouched.modify_revision, original, "{id}");
+            }
+            (_, state) => panic!("{id}: {state:?}"),
+        }
+    }
+    for n in 1..4_000 {
+        let id = if n < 2_000 {
+            format!("b-{n}")
+        } else {
+            format!("c-{n}")
+        };
+        let new = catalog.get(&id).expect("new instance");
+        assert_eq!(new.create_revision, new.modify_revision, "{id}");
+        assert!(new.create_revision > created, "{id}");
+    }
+    assert!(catalog.get("b-0").is_none());
+}
+
 // ---------------------------------------------------------------------------------------------
 // Revisions
 // ---------------------------------------------------------------------------------------------
