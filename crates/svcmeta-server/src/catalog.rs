@@ -537,10 +537,13 @@ impl Catalog {
         let mut request = WriteRequest::new(mutations, expect, reply);
         // The writer's thread interns the request's strings (under the read lock, as queries
         // read), which takes that work off the one committer thread.
-        intern_all(
-            &read_lock(&self.shared.registry),
-            std::slice::from_mut(&mut request),
-        );
+        let registers = |m: &Mutation| matches!(m, Mutation::Register(_));
+        if request.mutations.iter().any(registers) {
+            intern_all(
+                &read_lock(&self.shared.registry),
+                std::slice::from_mut(&mut request),
+            );
+        }
         request.interned = true;
         let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         match writer.as_ref() {
@@ -1221,14 +1224,14 @@ impl Shared {
 }
 
 /// The registry's state of each mutation's id in `batch`, in order (`None` for an id not
-/// read), when the batch has at least [`PARALLEL_INTERN_FROM`] mutations: the second half is
+/// read), when the batch has at least [`PARALLEL_BATCH_FROM`] mutations: the second half is
 /// read on a second thread. Smaller batches get an empty list.
 fn fetch_states(
     registry: &Registry,
     batch: &[WriteRequest],
     total: usize,
 ) -> Vec<Option<Option<Arc<Instance>>>> {
-    if total < PARALLEL_INTERN_FROM {
+    if total < PARALLEL_BATCH_FROM {
         return Vec::new();
     }
     let ids: Vec<&str> = batch
@@ -1255,8 +1258,10 @@ fn fetch_states(
     })
 }
 
-/// Registrations in one batch from which [`intern_all`] splits the work over two threads.
-const PARALLEL_INTERN_FROM: usize = 4_096;
+/// Registrations or mutations in one batch from which [`intern_all`] and [`fetch_states`]
+/// split their read-only work over two threads (starting a thread costs tens of
+/// microseconds; a batch this large takes milliseconds).
+const PARALLEL_BATCH_FROM: usize = 4_096;
 
 /// Replaces the strings of every registration in `batch` not yet interned by the index's
 /// copies, or by copies the batch shares. Read-only on the registry, so it runs on the
@@ -1289,7 +1294,7 @@ fn intern_all(registry: &Registry, batch: &mut [WriteRequest]) {
             registry.intern_meta(part, &mut fresh);
         }
     };
-    if labels.len() < PARALLEL_INTERN_FROM {
+    if labels.len() < PARALLEL_BATCH_FROM {
         intern_labels(&mut labels);
         intern_meta(&mut metas);
         return;
