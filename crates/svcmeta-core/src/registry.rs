@@ -285,13 +285,13 @@ const LOAD_FLUSH_EVERY: usize = 16_384;
 /// it, moving each collected list into its bitmap costs more than it saves.
 const BULK_APPLY_FROM: usize = 256;
 
-/// Changes in one write from which [`Registry::apply_all`] adds new instances' postings on
-/// two threads (starting a thread costs tens of microseconds; 4,096 instances take
-/// milliseconds to index).
+/// Changes in one write from which [`Registry::apply_all`] indexes runs of new instances as
+/// a whole (see [`Registry::apply_all_parallel`]).
 const PARALLEL_APPLY_FROM: usize = 4_096;
 
-/// New instances in a row (between changes to known ids) from which their postings are
-/// added on two threads; a shorter run is indexed on the committing thread.
+/// New instances in a row (between changes to known ids) from which a run is indexed on two
+/// threads (starting a thread costs tens of microseconds; 1,024 instances take about a
+/// millisecond to index); a shorter run is indexed on the committing thread.
 const PARALLEL_RUN_FROM: usize = 1_024;
 
 impl RegistryLoader {
@@ -402,9 +402,9 @@ impl Registry {
     }
 
     /// [`Registry::apply_all`] for a large write: each run of new instances takes its slots
-    /// and id map entries one by one, then has its postings added on two threads (labels
-    /// here, meta on a second one; see [`Index::insert_all`]) before the run is finished in
-    /// order. Any other change ends the run first, so it sees a whole index.
+    /// and id map entries one by one, then is indexed and finished as a whole (on two threads
+    /// when it is long, see [`Registry::finish_new_run`]). Any other change ends the run
+    /// first, so it sees a whole index.
     fn apply_all_parallel(&mut self, changes: Vec<Change>) {
         let mut run: Vec<(u32, u64)> = Vec::new();
         for change in changes {
