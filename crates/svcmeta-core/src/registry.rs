@@ -266,6 +266,8 @@ pub struct Registry {
     /// Postings of a bulk load not yet in the index (only while a [`RegistryLoader`] builds
     /// this registry; empty otherwise).
     loading: Option<Box<LoadBuffer>>,
+    /// Records stored as a copy of the one a change carried (see [`Registry::stored_copies`]).
+    copies: u64,
 }
 
 /// Builds a registry from stored instances (a restart): the fast path of [`Registry::put`],
@@ -372,6 +374,13 @@ impl Registry {
     pub fn get(&self, id: &str) -> Option<&Arc<Instance>> {
         let slot = self.by_id.get(id, &self.slots)?;
         self.slots.get(slot as usize)?.as_ref()
+    }
+
+    /// How many records so far were stored as a copy of the one their change carried (to
+    /// share the index's strings) rather than as they came: while it stays the same, every
+    /// applied change's record is the registry's own.
+    pub fn stored_copies(&self) -> u64 {
+        self.copies
     }
 
     /// Every live instance, in slot order.
@@ -541,6 +550,7 @@ impl Registry {
                 self.index
                     .intern(&mut owned.fields, &mut FreshStrings::default());
                 *entry = Some(Arc::new(owned));
+                self.copies += 1;
             }
         }
         run.clear();
@@ -643,6 +653,7 @@ impl Registry {
                             let mut stored = Instance::clone(&instance);
                             stored.fields = old.fields.clone();
                             instance = Arc::new(stored);
+                            self.copies += 1;
                         }
                     }
                     Some(old) => {
@@ -688,6 +699,7 @@ impl Registry {
                     let mut owned = Instance::clone(&instance);
                     self.index.intern(&mut owned.fields, &mut fresh);
                     instance = Arc::new(owned);
+                    self.copies += 1;
                 }
             }
         }

@@ -1144,22 +1144,28 @@ impl Shared {
             return;
         }
         let mut registry = self.registry.write().unwrap_or_else(|p| p.into_inner());
+        let copies = registry.stored_copies();
         registry.apply_all(changes);
         registry.advance_revision(revision);
         let applied = registry.revision();
-        self.retain_events(&registry, events);
+        // Events carry their change's record, which is the registry's unless it was copied.
+        let shared = registry.stored_copies() == copies;
+        self.retain_events(&registry, events, shared);
         drop(registry);
         self.revision_tx.send_replace(applied);
     }
 
     /// Adds events to the retained history, dropping the oldest beyond the retention. They
     /// share the registry's copy (interned strings) where it is the event's state, so history
-    /// does not hold a second copy of each record.
-    fn retain_events(&self, registry: &Registry, mut events: Vec<Event>) {
-        for event in &mut events {
-            if let Some(stored) = registry.get(event.instance.id()) {
-                if stored.modify_revision == event.revision {
-                    event.instance = Arc::clone(stored);
+    /// does not hold a second copy of each record; with `shared`, the events' records are
+    /// known to be the registry's already (no record was copied when they were applied).
+    fn retain_events(&self, registry: &Registry, mut events: Vec<Event>, shared: bool) {
+        if !shared {
+            for event in &mut events {
+                if let Some(stored) = registry.get(event.instance.id()) {
+                    if stored.modify_revision == event.revision {
+                        event.instance = Arc::clone(stored);
+                    }
                 }
             }
         }

@@ -599,7 +599,8 @@ impl Shared {
             }
             registry.advance_revision(last);
             let revision = registry.revision();
-            self.retain_events(&registry, events);
+            // Records read from the stream are the registry's only where their strings were.
+            self.retain_events(&registry, events, false);
             drop(registry);
             state.applied = last;
             self.revision_tx.send_replace(revision);

@@ -291,6 +291,41 @@ fn a_rejected_request_in_a_batch_leaves_the_batch_state_as_the_requests_before_i
 }
 
 #[test]
+fn retained_events_share_the_registry_records_whether_or_not_they_were_copied() {
+    let catalog = Catalog::open(Store::Memory, CatalogSettings::standard()).expect("open");
+    let event_of = |id: &str| {
+        let events = catalog.events_since(0).expect("history");
+        let event = events.iter().rev().find(|e| e.instance.id() == id);
+        Arc::clone(&event.expect("event").instance)
+    };
+    // Interned by the writer: the record is stored as it came, and the event is that record.
+    catalog
+        .write_blocking(vec![register("b", "svc")])
+        .expect("b");
+    let stored = catalog.get("b").expect("b");
+    assert!(Arc::ptr_eq(&event_of("b"), &stored));
+    // Strings of its own where the index has keys: the registry stores a copy, and the
+    // retained event must be that copy, not a second record.
+    let (reply, _answer) = oneshot::channel();
+    let mut request = WriteRequest::new(vec![register("a", "svc")], Vec::new(), reply);
+    request.interned = true;
+    let resolution = catalog.shared.resolve_batch(vec![request], 0, false);
+    let carried = match resolution.changes.first() {
+        Some(Change::Put(instance)) => Arc::clone(instance),
+        other => panic!("{other:?}"),
+    };
+    catalog.shared.apply_stored(
+        resolution.changes,
+        resolution.events,
+        &[],
+        resolution.revision,
+    );
+    let stored = catalog.get("a").expect("a");
+    assert!(!Arc::ptr_eq(&carried, &stored), "the record was copied");
+    assert!(Arc::ptr_eq(&event_of("a"), &stored));
+}
+
+#[test]
 fn a_large_request_resolves_each_mutation_against_the_state_before_it() {
     // Large enough for the registry's states to be read on two threads before resolving.
     let catalog = Catalog::open(Store::Memory, CatalogSettings::standard()).expect("open");
