@@ -1,11 +1,12 @@
 //! The versioned encoding of stored instances and events: the only place record bytes are
 //! produced.
 //!
-//! A record is one format byte and a body. Format 2 (written by this build) is a compact
-//! binary body (postcard) that decodes without a text parser, which keeps a restart fast;
-//! format 1 (JSON) is still read, so data directories written by earlier builds open as they
-//! are. Events are binary too (format 3: the kind, the instance and its previous state as binary records);
-//! events written as JSON (format 1) by earlier builds still load.
+//! A record is one format byte and a body. Format 4 (written by this build) is a CRC-32 and
+//! a compact binary body (postcard) that decodes without a text parser, which keeps a restart
+//! fast; format 2 (the same body without the checksum) and format 1 (JSON) are still read, so data directories written by earlier builds open as they
+//! are. Events are binary too (format 6: the kind, then the instance's and its previous
+//! state's stored records); events written by earlier builds (JSON, format 1; postcard,
+//! formats 3 and 5) still load.
 //! Write-ahead log frames (see `wal.rs`) hold a committed batch: its changes as binary records,
 //! its lease deadlines and its revision. Since format 2 of the frames and format 6 of the
 //! events, an instance is encoded once per commit: the frame holds its stored record as the

@@ -7,7 +7,9 @@
 //! transaction that also records the last frame it holds (`meta.log_applied`); the log reuses
 //! the segments the redb file has caught up with. Opening the store replays the frames after
 //! that one into the redb file before anything is read, so a crash between a commit and its
-//! checkpoint loses nothing, and a batch is in the store entirely or not at all.
+//! checkpoint loses nothing, and a batch is in the store entirely or not at all. A frame holds
+//! each put's stored record, and the checkpoint writes those bytes into the instances and
+//! events tables: an instance is encoded once per commit, not once per table.
 //!
 //! redb tables: `instances` (id → record, see `codec.rs`), `events` (revision → change event,
 //! the retained history for resumable watches), `leases` (id → lease deadline in Unix ms) and
