@@ -846,3 +846,56 @@ fn log_frames_round_trip_and_damaged_frames_are_refused() {
         );
     }
 }
+
+#[test]
+fn a_hand_encoded_record_is_exactly_postcards() {
+    let mut checked = 0;
+    for n in 0..400u64 {
+        let tags: Vec<String> = (0..n % 7)
+            .map(|t| format!("t{t}-{}", "x".repeat((n * t) as usize % 150)))
+            .collect();
+        let meta: BTreeMap<String, String> = (0..n % 5)
+            .map(|m| {
+                (
+                    format!("k{m}"),
+                    "v".repeat((n as usize * 37 + m as usize) % 300),
+                )
+            })
+            .collect();
+        let draft = InstanceDraft {
+            id: format!("svc-{n}-{}", "i".repeat(n as usize % 140)),
+            service: format!("service-{}", n % 9),
+            address: format!("10.0.{}.{}", n / 256, n % 256),
+            port: (n * 163 % 65_535) as i64 + 1,
+            tags,
+            meta,
+            version: (n % 3 != 0).then(|| format!("{}.{}.0", n % 4, n % 11)),
+            environment: (n % 4 != 0).then(|| "prod".to_string()),
+            region: (n % 5 != 0).then(|| "eu-west-1".to_string()),
+            ttl: (n % 2 == 0).then(|| format!("{}s", n + 1)),
+        };
+        let Ok(registration) = validate(draft, &Limits::standard()) else {
+            continue;
+        };
+        let shift = |k: u64| if k == 0 { 0 } else { 1u64 << (k * 7 % 64) };
+        let instance = Instance {
+            fields: registration.fields().clone(),
+            health: [Health::Passing, Health::Warning, Health::Critical][n as usize % 3],
+            create_revision: n + shift(n % 10),
+            modify_revision: u64::MAX - n,
+            registered_at: shift(n % 9) + n,
+            updated_at: 1_700_000_000_000 + n,
+        };
+        assert_eq!(
+            codec::hand_record_body(&instance),
+            codec::serde_record_body(&instance),
+            "instance {n}"
+        );
+        assert_eq!(
+            codec::decode(instance.id(), &codec::encode(&instance)).unwrap(),
+            instance
+        );
+        checked += 1;
+    }
+    assert!(checked > 250, "only {checked} drafts were valid");
+}
