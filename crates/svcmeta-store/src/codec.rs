@@ -1,16 +1,21 @@
 //! The versioned encoding of stored instances and events: the only place record bytes are
 //! produced.
 //!
-//! A record is one format byte and a body. Format 2 (written by this build) is a compact
-//! binary body (postcard) that decodes without a text parser, which keeps a restart fast;
-//! format 1 (JSON) is still read, so data directories written by earlier builds open as they
-//! are. Events are binary too (format 3: the kind, the instance and its previous state as binary records);
-//! events written as JSON (format 1) by earlier builds still load.
+//! A record is one format byte and a body. Format 4 (written by this build) is a CRC-32 and
+//! a compact binary body (postcard) that decodes without a text parser, which keeps a restart
+//! fast; format 2 (the same body without the checksum) and format 1 (JSON) are still read, so data directories written by earlier builds open as they
+//! are. Events are binary too (format 6: the kind, then the instance's and its previous
+//! state's stored records); events written by earlier builds (JSON, format 1; postcard,
+//! formats 3 and 5) still load.
 //! Write-ahead log frames (see `wal.rs`) hold a committed batch: its changes as binary records,
-//! its lease deadlines and its revision.
+//! its lease deadlines and its revision. Since format 2 of the frames and format 6 of the
+//! events, an instance is encoded once per commit: the frame holds its stored record as the
+//! instances table does, and the checkpoint copies those bytes into the instances and events
+//! tables instead of encoding the instance twice more.
 
 use serde::{Deserialize, Serialize};
 use std::hash::BuildHasher as _;
+use std::ops::Range;
 use std::sync::Arc;
 
 use svcmeta_core::{Change, Event, EventKind, Health, Instance, Text};
@@ -26,15 +31,6 @@ pub(crate) const BINARY_FORMAT: u8 = 2;
 /// The binary instance record format this build writes: a CRC-32 of the body, then the body,
 /// so a record damaged in the file is refused instead of served.
 pub(crate) const CHECKED_FORMAT: u8 = 4;
-
-/// A record of `format`: the format byte, the body's CRC-32, the body.
-fn with_checksum(format: u8, body: &[u8]) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(5 + body.len());
-    bytes.push(format);
-    bytes.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
-    bytes.extend_from_slice(body);
-    bytes
-}
 
 /// The body of a checksummed record (what follows the format byte), if the checksum holds.
 fn checked_body(bytes: &[u8]) -> Result<&[u8], String> {
@@ -70,12 +66,15 @@ struct BinaryRecord<S> {
     updated_at: u64,
 }
 
-/// A record as written.
+/// A record as serde writes it: the reference [`append_record_body`] is checked against, and
+/// how earlier formats are written in tests.
+#[cfg(test)]
 type RecordOut<'a> = BinaryRecord<&'a str>;
 /// A record as read, borrowing the stored bytes.
 type RecordIn<'a> = BinaryRecord<&'a [u8]>;
 
 /// The binary body of one instance, borrowing its strings.
+#[cfg(test)]
 fn binary_record(instance: &Instance) -> RecordOut<'_> {
     let fields = &instance.fields;
     BinaryRecord {
@@ -97,15 +96,155 @@ fn binary_record(instance: &Instance) -> RecordOut<'_> {
     }
 }
 
+/// A postcard output that appends to a borrowed vector, so that many records can be written
+/// one after another into one buffer without a vector of their own each.
+#[cfg(test)]
+struct Append<'a>(&'a mut Vec<u8>);
+
+#[cfg(test)]
+impl postcard::ser_flavors::Flavor for Append<'_> {
+    type Output = ();
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
+/// Appends `format`, a checksum placeholder and the postcard body of `value` to `out`, then
+/// fills in the body's CRC-32: a checksummed record written in place.
+#[cfg(test)]
+fn append_checked<T: Serialize>(format: u8, value: &T, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.push(format);
+    out.extend_from_slice(&[0; 4]);
+    // Serialising strings and integers into a vector cannot fail.
+    if postcard::serialize_with_flavor(value, Append(out)).is_err() {
+        debug_assert!(false, "record serialisation failed");
+    }
+    let crc = crc32fast::hash(&out[start + 5..]);
+    out[start + 1..start + 5].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Appends the stored record of `instance` (format byte, checksum, body: exactly what
+/// [`encode`] returns) to `out` and returns where it lies.
+pub(crate) fn encode_into(instance: &Instance, out: &mut Vec<u8>) -> Range<usize> {
+    let start = out.len();
+    out.push(CHECKED_FORMAT);
+    out.extend_from_slice(&[0; 4]);
+    append_record_body(instance, out);
+    let crc = crc32fast::hash(&out[start + 5..]);
+    out[start + 1..start + 5].copy_from_slice(&crc.to_le_bytes());
+    start..out.len()
+}
+
+/// Appends an unsigned integer as postcard does (LEB128: seven bits a byte, low bits first).
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// Appends a string as postcard does: its length, then its bytes.
+fn put_str(out: &mut Vec<u8>, text: &str) {
+    put_varint(out, text.len() as u64);
+    out.extend_from_slice(text.as_bytes());
+}
+
+fn put_option_str(out: &mut Vec<u8>, text: Option<&str>) {
+    match text {
+        Some(text) => {
+            out.push(1);
+            put_str(out, text);
+        }
+        None => out.push(0),
+    }
+}
+
+/// Appends the postcard body of [`binary_record`]`(instance)`, written field by field without
+/// going through serde (the committer encodes every instance it logs; the serde path collected
+/// the tags and meta into vectors first and pushed most bytes one at a time). The bytes are
+/// exactly postcard's: `a_hand_encoded_record_is_exactly_postcards` checks it.
+fn append_record_body(instance: &Instance, out: &mut Vec<u8>) {
+    let fields = &instance.fields;
+    put_str(out, &fields.id);
+    put_str(out, &fields.service);
+    put_str(out, &fields.address);
+    put_varint(out, u64::from(fields.port));
+    let tags = fields.tags();
+    put_varint(out, tags.len() as u64);
+    for tag in tags {
+        put_str(out, tag);
+    }
+    put_option_str(out, fields.version());
+    put_option_str(out, fields.environment());
+    put_option_str(out, fields.region());
+    let meta = fields.meta_iter();
+    put_varint(out, meta.len() as u64);
+    for (key, value) in meta {
+        put_str(out, key);
+        put_str(out, value);
+    }
+    match fields.ttl_ms {
+        Some(ttl) => {
+            out.push(1);
+            put_varint(out, ttl);
+        }
+        None => out.push(0),
+    }
+    // A unit variant is its index.
+    put_varint(
+        out,
+        match instance.health {
+            Health::Passing => 0,
+            Health::Warning => 1,
+            Health::Critical => 2,
+        },
+    );
+    put_varint(out, instance.create_revision);
+    put_varint(out, instance.modify_revision);
+    put_varint(out, instance.registered_at);
+    put_varint(out, instance.updated_at);
+}
+
+/// The postcard body of `instance` through serde, to check [`append_record_body`] against.
+#[cfg(test)]
+pub(crate) fn serde_record_body(instance: &Instance) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    if postcard::serialize_with_flavor(&binary_record(instance), Append(&mut bytes)).is_err() {
+        panic!("serialisation failed");
+    }
+    bytes
+}
+
+/// The postcard body of `instance` as [`encode_into`] writes it.
+#[cfg(test)]
+pub(crate) fn hand_record_body(instance: &Instance) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    append_record_body(instance, &mut bytes);
+    bytes
+}
+
 /// Encodes an instance as a stored record.
 pub(crate) fn encode(instance: &Instance) -> Vec<u8> {
-    // Serialising strings and integers into a Vec cannot fail.
-    let body = postcard::to_allocvec(&binary_record(instance)).unwrap_or_else(|_| {
-        debug_assert!(false, "instance serialisation failed");
-        Vec::new()
-    });
-    with_checksum(CHECKED_FORMAT, &body)
+    let mut bytes = Vec::with_capacity(RECORD_BYTES_GUESS);
+    encode_into(instance, &mut bytes);
+    bytes
 }
+
+/// About the size of a typical record, to size buffers before encoding.
+const RECORD_BYTES_GUESS: usize = 320;
 
 /// Shares the strings of decoded records: a tag, version or meta value that many instances
 /// carry is allocated once per loader instead of once per instance (a restart of a large
@@ -324,8 +463,145 @@ pub(crate) fn hand_over_strings(
 
 /// The binary event record format of builds before checksums (still read).
 pub(crate) const EVENT_FORMAT: u8 = 3;
-/// The binary event record format this build writes: checksummed like [`CHECKED_FORMAT`].
+/// The checksummed binary event record format of earlier builds (still read): a postcard
+/// body with the instance and its previous state re-encoded inside it.
 pub(crate) const CHECKED_EVENT_FORMAT: u8 = 5;
+/// The event record format this build writes: the format byte, a CRC-32 of the rest, the
+/// kind (one byte), then the instance's stored record (as the instances table holds it,
+/// length-prefixed) and, after a flag byte, the previous state's. A checkpoint copies the
+/// record bytes the log frame already holds instead of encoding the instance again.
+pub(crate) const RECORD_EVENT_FORMAT: u8 = 6;
+
+fn kind_byte(kind: EventKind) -> u8 {
+    match kind {
+        EventKind::Register => 0,
+        EventKind::Update => 1,
+        EventKind::Health => 2,
+        EventKind::Deregister => 3,
+    }
+}
+
+fn kind_of_byte(byte: u8) -> Result<EventKind, String> {
+    Ok(match byte {
+        0 => EventKind::Register,
+        1 => EventKind::Update,
+        2 => EventKind::Health,
+        3 => EventKind::Deregister,
+        other => return Err(format!("unknown event kind {other}")),
+    })
+}
+
+/// Appends a length-prefixed byte string.
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    // A record or id never comes near 4 GiB (the log refuses frames of more than 1 GiB).
+    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// Writes the event record of `kind` into `out` (cleared first): `instance` is the stored
+/// record of the instance after the change (or its last state), `previous` the state before.
+pub(crate) fn encode_event_into(
+    kind: EventKind,
+    instance: &[u8],
+    previous: Option<&Instance>,
+    out: &mut Vec<u8>,
+) {
+    out.clear();
+    out.push(RECORD_EVENT_FORMAT);
+    out.extend_from_slice(&[0; 4]);
+    out.push(kind_byte(kind));
+    put_bytes(out, instance);
+    match previous {
+        Some(previous) => {
+            out.push(1);
+            let length_at = out.len();
+            out.extend_from_slice(&[0; 4]);
+            let record = encode_into(previous, out);
+            let length = (record.end - record.start) as u32;
+            out[length_at..length_at + 4].copy_from_slice(&length.to_le_bytes());
+        }
+        None => out.push(0),
+    }
+    let crc = crc32fast::hash(&out[5..]);
+    out[1..5].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Reads the length-prefixed, little-endian pieces of a hand-laid record or frame, refusing
+/// anything cut short.
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        if self.bytes.len() < n {
+            return Err("the record is cut short".to_string());
+        }
+        let (taken, rest) = self.bytes.split_at(n);
+        self.bytes = rest;
+        Ok(taken)
+    }
+
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, String> {
+        let mut bytes = [0; 4];
+        bytes.copy_from_slice(self.take(4)?);
+        Ok(u32::from_le_bytes(bytes))
+    }
+
+    fn u64(&mut self) -> Result<u64, String> {
+        let mut bytes = [0; 8];
+        bytes.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(bytes))
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], String> {
+        let length = self.u32()? as usize;
+        self.take(length)
+    }
+
+    fn finish(&self) -> Result<(), String> {
+        if self.bytes.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{} unexpected bytes at the end", self.bytes.len()))
+        }
+    }
+}
+
+/// Decodes the body of a [`RECORD_EVENT_FORMAT`] event (after its checksum).
+fn decode_record_event(
+    revision: u64,
+    body: &[u8],
+    interner: &mut Interner,
+) -> Result<Event, String> {
+    let record = |bytes: &[u8], interner: &mut Interner| {
+        decode_record(bytes, interner)
+            .map(Arc::new)
+            .map_err(|error| match error {
+                StoreError::Corrupt { reason, .. } => reason,
+                other => other.to_string(),
+            })
+    };
+    let mut reader = Reader { bytes: body };
+    let kind = kind_of_byte(reader.u8()?)?;
+    let instance = record(reader.bytes()?, interner)?;
+    let previous = match reader.u8()? {
+        0 => None,
+        1 => Some(record(reader.bytes()?, interner)?),
+        other => return Err(format!("unknown previous-state flag {other}")),
+    };
+    reader.finish()?;
+    Ok(Event {
+        revision,
+        kind,
+        instance,
+        previous,
+    })
+}
 
 /// The binary body of an event record (its revision is the record's key).
 #[derive(Serialize, Deserialize)]
@@ -335,18 +611,26 @@ struct BinaryEvent<S> {
     previous: Option<BinaryRecord<S>>,
 }
 
-/// Encodes a change event.
+/// Encodes a change event (the format this build writes).
 pub(crate) fn encode_event(event: &Event) -> Vec<u8> {
+    let instance = encode(&event.instance);
+    let mut bytes = Vec::with_capacity(2 * instance.len() + 16);
+    encode_event_into(event.kind, &instance, event.previous.as_deref(), &mut bytes);
+    bytes
+}
+
+/// Encodes a change event as earlier builds did ([`CHECKED_EVENT_FORMAT`]), for tests of
+/// data they left behind.
+#[cfg(test)]
+pub(crate) fn encode_event_v5(event: &Event) -> Vec<u8> {
     let record = BinaryEvent {
         kind: event.kind,
         instance: binary_record(&event.instance),
         previous: event.previous.as_deref().map(binary_record),
     };
-    let body = postcard::to_allocvec(&record).unwrap_or_else(|_| {
-        debug_assert!(false, "event serialisation failed");
-        Vec::new()
-    });
-    with_checksum(CHECKED_EVENT_FORMAT, &body)
+    let mut bytes = Vec::new();
+    append_checked(CHECKED_EVENT_FORMAT, &record, &mut bytes);
+    bytes
 }
 
 /// Decodes a stored change event of either format, sharing strings through `interner`.
@@ -373,6 +657,9 @@ pub(crate) fn decode_event(
         })
     };
     match bytes.split_first() {
+        Some((&RECORD_EVENT_FORMAT, rest)) => checked_body(rest)
+            .and_then(|body| decode_record_event(revision, body, interner))
+            .map_err(corrupt),
         Some((&CHECKED_EVENT_FORMAT, rest)) => checked_body(rest)
             .and_then(|body| binary(body, interner))
             .map_err(corrupt),
@@ -389,8 +676,14 @@ pub(crate) fn decode_event(
     }
 }
 
-/// The format of a write-ahead log frame body this build writes and reads.
+/// The write-ahead log frame body format of earlier builds (still read): one postcard body.
 pub(crate) const LOG_FORMAT: u8 = 1;
+/// The frame body format this build writes, laid out by hand (little-endian, lengths as
+/// `u32`): the revision and event retention (`u64` each), the number of changes, each change
+/// (`0` and a put's stored record, exactly as the instances table holds it, or `1`, the
+/// removal's revision, id and service), the number of lease updates, each (id, then `0`, or
+/// `1` and the deadline). The checkpoint writes the records straight from the frame.
+pub(crate) const RECORD_LOG_FORMAT: u8 = 2;
 
 /// One change of a logged batch.
 #[derive(Serialize, Deserialize)]
@@ -418,8 +711,65 @@ pub(crate) struct RecoveredBatch {
     pub(crate) event_retention: u64,
 }
 
-/// Encodes a batch as a write-ahead log frame body.
-pub(crate) fn encode_logged_batch(batch: &Batch<'_>) -> Vec<u8> {
+/// A write-ahead log frame body and where each put's stored record lies in it.
+#[derive(Debug)]
+pub(crate) struct EncodedBatch {
+    /// The frame body.
+    pub(crate) body: Vec<u8>,
+    /// For each change of the batch, its stored record in `body` (empty for a removal).
+    pub(crate) records: Vec<Range<usize>>,
+}
+
+/// Encodes a batch as a write-ahead log frame body ([`RECORD_LOG_FORMAT`]); each instance is
+/// encoded once, and the checkpoint reuses those bytes for the instances and events tables.
+pub(crate) fn encode_logged_batch(batch: &Batch<'_>) -> EncodedBatch {
+    let mut body = Vec::with_capacity(32 + batch.changes.len() * RECORD_BYTES_GUESS);
+    let mut records = Vec::with_capacity(batch.changes.len());
+    body.push(RECORD_LOG_FORMAT);
+    body.extend_from_slice(&batch.revision.to_le_bytes());
+    body.extend_from_slice(&batch.event_retention.to_le_bytes());
+    body.extend_from_slice(&(batch.changes.len() as u32).to_le_bytes());
+    for change in batch.changes {
+        match change {
+            Change::Put(instance) => {
+                body.push(0);
+                let length_at = body.len();
+                body.extend_from_slice(&[0; 4]);
+                let record = encode_into(instance, &mut body);
+                let length = (record.end - record.start) as u32;
+                body[length_at..length_at + 4].copy_from_slice(&length.to_le_bytes());
+                records.push(record);
+            }
+            Change::Remove {
+                id,
+                revision,
+                service,
+            } => {
+                body.push(1);
+                body.extend_from_slice(&revision.to_le_bytes());
+                put_bytes(&mut body, id.as_bytes());
+                put_bytes(&mut body, service.as_bytes());
+                records.push(0..0);
+            }
+        }
+    }
+    body.extend_from_slice(&(batch.leases.len() as u32).to_le_bytes());
+    for (id, deadline) in batch.leases {
+        put_bytes(&mut body, id.as_bytes());
+        match deadline {
+            Some(deadline) => {
+                body.push(1);
+                body.extend_from_slice(&deadline.to_le_bytes());
+            }
+            None => body.push(0),
+        }
+    }
+    EncodedBatch { body, records }
+}
+
+/// Encodes a batch as earlier builds did ([`LOG_FORMAT`]), for tests of logs they left behind.
+#[cfg(test)]
+pub(crate) fn encode_logged_batch_v1(batch: &Batch<'_>) -> Vec<u8> {
     let logged = LoggedBatch {
         revision: batch.revision,
         event_retention: batch.event_retention,
@@ -462,6 +812,7 @@ pub(crate) fn decode_logged_batch(
     interner: &mut Interner,
 ) -> Result<RecoveredBatch, String> {
     let logged: LoggedBatch<&[u8]> = match bytes.split_first() {
+        Some((&RECORD_LOG_FORMAT, body)) => return decode_record_batch(body, interner),
         Some((&LOG_FORMAT, body)) => postcard::from_bytes(body).map_err(|e| e.to_string())?,
         Some((format, _)) => return Err(format!("unknown log format {format}")),
         None => return Err("empty frame".to_string()),
@@ -491,5 +842,56 @@ pub(crate) fn decode_logged_batch(
         leases,
         revision: logged.revision,
         event_retention: logged.event_retention,
+    })
+}
+
+/// Decodes a [`RECORD_LOG_FORMAT`] frame body (after its format byte).
+fn decode_record_batch(body: &[u8], interner: &mut Interner) -> Result<RecoveredBatch, String> {
+    let mut reader = Reader { bytes: body };
+    let revision = reader.u64()?;
+    let event_retention = reader.u64()?;
+    let count = reader.u32()? as usize;
+    // Each change takes at least five bytes, so a damaged count cannot reserve much.
+    let mut changes = Vec::with_capacity(count.min(body.len() / 5));
+    for _ in 0..count {
+        changes.push(match reader.u8()? {
+            0 => {
+                let instance =
+                    decode_record(reader.bytes()?, interner).map_err(|error| match error {
+                        StoreError::Corrupt { reason, .. } => reason,
+                        other => other.to_string(),
+                    })?;
+                Change::Put(Arc::new(instance))
+            }
+            1 => {
+                let revision = reader.u64()?;
+                let id = utf8(reader.bytes()?)?.to_string();
+                let service = utf8(reader.bytes()?)?.to_string();
+                Change::Remove {
+                    id,
+                    revision,
+                    service,
+                }
+            }
+            other => return Err(format!("unknown change tag {other}")),
+        });
+    }
+    let count = reader.u32()? as usize;
+    let mut leases = Vec::with_capacity(count.min(body.len() / 5));
+    for _ in 0..count {
+        let id = utf8(reader.bytes()?)?.to_string();
+        let deadline = match reader.u8()? {
+            0 => None,
+            1 => Some(reader.u64()?),
+            other => return Err(format!("unknown lease tag {other}")),
+        };
+        leases.push((id, deadline));
+    }
+    reader.finish()?;
+    Ok(RecoveredBatch {
+        changes,
+        leases,
+        revision,
+        event_retention,
     })
 }

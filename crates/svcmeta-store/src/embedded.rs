@@ -7,7 +7,9 @@
 //! transaction that also records the last frame it holds (`meta.log_applied`); the log reuses
 //! the segments the redb file has caught up with. Opening the store replays the frames after
 //! that one into the redb file before anything is read, so a crash between a commit and its
-//! checkpoint loses nothing, and a batch is in the store entirely or not at all.
+//! checkpoint loses nothing, and a batch is in the store entirely or not at all. A frame holds
+//! each put's stored record, and the checkpoint writes those bytes into the instances and
+//! events tables: an instance is encoded once per commit, not once per table.
 //!
 //! redb tables: `instances` (id → record, see `codec.rs`), `events` (revision → change event,
 //! the retained history for resumable watches), `leases` (id → lease deadline in Unix ms) and
@@ -18,6 +20,7 @@
 //! log. A new database file is made under a temporary name and renamed once whole.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -56,7 +59,12 @@ const NEW_DATABASE_FILE: &str = "svcmeta.redb.new";
 pub(crate) const TRIM_STEP: u64 = 4096;
 /// The file format this build writes and reads. Format 2 has a write-ahead log beside the
 /// redb file; a build that knows only format 1 would ignore the log, so it is refused.
-const FILE_FORMAT: u64 = 2;
+/// Format 3 logs frames and stores events in the record formats of `codec.rs`'s
+/// `RECORD_LOG_FORMAT` and `RECORD_EVENT_FORMAT`, which format-2 builds cannot read; a file
+/// of format 2 is read as it is (its old frames and events included) and marked 3.
+const FILE_FORMAT: u64 = 3;
+/// The first file format with a write-ahead log.
+const FIRST_LOGGED_FORMAT: u64 = 2;
 /// The longest a committed batch waits before the checkpoint thread writes it into redb.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(1000);
 /// Changes that start a checkpoint before the interval is over.
@@ -69,6 +77,10 @@ pub const DATABASE_FILE: &str = "svcmeta.redb";
 struct LoggedWrite {
     seq: u64,
     bytes: u64,
+    /// The log frame's body: it holds each put's stored record.
+    body: Vec<u8>,
+    /// Where each change's stored record lies in `body` (empty for a removal).
+    records: Vec<Range<usize>>,
     changes: Vec<Change>,
     events: Vec<Event>,
     leases: Vec<(String, Option<u64>)>,
@@ -137,6 +149,46 @@ impl<'t> Tables<'t> {
                     .remove(id.as_str())
                     .map_err(StoreError::database)?;
             }
+        }
+        Ok(())
+    }
+
+    /// Writes the events of a logged batch, copying each put's stored record from the log
+    /// frame instead of encoding the instance again.
+    fn write_logged_events(
+        &mut self,
+        write: &LoggedWrite,
+        scratch: &mut Vec<u8>,
+    ) -> Result<(), StoreError> {
+        let mut next = 0;
+        for event in &write.events {
+            // Changes and events are both in revision order; an event's instance is its
+            // change's when that change put it.
+            while write
+                .changes
+                .get(next)
+                .is_some_and(|change| change.revision() < event.revision)
+            {
+                next += 1;
+            }
+            let logged = match (write.changes.get(next), write.records.get(next)) {
+                (Some(Change::Put(put)), Some(range)) if Arc::ptr_eq(put, &event.instance) => {
+                    write.body.get(range.clone())
+                }
+                _ => None,
+            };
+            let encoded;
+            let instance = match logged {
+                Some(record) => record,
+                None => {
+                    encoded = codec::encode(&event.instance);
+                    &encoded
+                }
+            };
+            codec::encode_event_into(event.kind, instance, event.previous.as_deref(), scratch);
+            self.events
+                .insert(event.revision, scratch.as_slice())
+                .map_err(StoreError::database)?;
         }
         Ok(())
     }
@@ -217,19 +269,38 @@ fn checkpoint(database: &Database, writes: &[LoggedWrite]) -> Result<(), StoreEr
         // Only each id's last change and last lease deadline matter, and writing them in key
         // order walks the B-tree once from left to right instead of jumping between pages
         // (at 1M instances the tree is far larger than redb's page cache).
-        let mut changes: BTreeMap<&str, &Change> = BTreeMap::new();
+        // A put's record is taken from the log frame's bytes.
+        let mut changes: BTreeMap<&str, Option<&[u8]>> = BTreeMap::new();
         let mut leases: BTreeMap<&str, Option<u64>> = BTreeMap::new();
+        let mut scratch = Vec::new();
         for write in writes {
-            for change in &write.changes {
-                changes.insert(change.id(), change);
+            for (change, range) in write.changes.iter().zip(&write.records) {
+                let record = match change {
+                    Change::Put(_) => Some(write.body.get(range.clone()).ok_or_else(|| {
+                        StoreError::Database("a logged record lies outside its frame".to_string())
+                    })?),
+                    Change::Remove { .. } => None,
+                };
+                changes.insert(change.id(), record);
             }
             for (id, deadline) in &write.leases {
                 leases.insert(id.as_str(), *deadline);
             }
-            tables.write_events(&write.events)?;
+            tables.write_logged_events(write, &mut scratch)?;
         }
-        for change in changes.into_values() {
-            tables.write_change(change)?;
+        for (id, record) in changes {
+            match record {
+                Some(record) => tables
+                    .instances
+                    .insert(id, record)
+                    .map(drop)
+                    .map_err(StoreError::database)?,
+                None => tables
+                    .instances
+                    .remove(id)
+                    .map(drop)
+                    .map_err(StoreError::database)?,
+            }
         }
         tables.write_lease_deadlines(leases)?;
         let oldest = writes
@@ -509,11 +580,13 @@ impl EmbeddedStore {
     /// Makes a batch (changes, events, lease deadlines, revision) durable: one frame in the
     /// write-ahead log, written into the redb file by the checkpoint thread soon after.
     pub fn commit(&self, batch: &Batch<'_>) -> Result<(), StoreError> {
-        let body = codec::encode_logged_batch(batch);
+        let codec::EncodedBatch { body, records } = codec::encode_logged_batch(batch);
         let appended = self.log.append(&body)?;
         let write = LoggedWrite {
             seq: appended.seq,
             bytes: appended.bytes,
+            body,
+            records,
             changes: batch.changes.to_vec(),
             events: batch.events.to_vec(),
             leases: batch.leases.to_vec(),
@@ -629,7 +702,7 @@ fn initialise(database: &Database) -> Result<(u64, bool), StoreError> {
             .get(CLEAN_CLOSE_KEY)
             .map_err(StoreError::database)?
             .map_or(0, |v| v.value());
-        required = found == Some(FILE_FORMAT) && clean != 1;
+        required = found.is_some_and(|found| found >= FIRST_LOGGED_FORMAT) && clean != 1;
         meta.insert(CLEAN_CLOSE_KEY, 0)
             .map_err(StoreError::database)?;
         txn.open_table(INSTANCES).map_err(StoreError::database)?;

@@ -345,9 +345,16 @@ fn events_round_trip_in_binary_and_earlier_json_events_still_load() {
     let mut interner = codec::Interner::default();
     for event in [&update, &removal] {
         let binary = codec::encode_event(event);
-        assert_eq!(binary[0], codec::CHECKED_EVENT_FORMAT);
+        assert_eq!(binary[0], codec::RECORD_EVENT_FORMAT);
         let decoded = codec::decode_event(event.revision, &binary, &mut interner).unwrap();
         assert_eq!(&decoded, event);
+        // Events as earlier builds wrote them (format 5) still load.
+        let earlier = codec::encode_event_v5(event);
+        assert_eq!(earlier[0], codec::CHECKED_EVENT_FORMAT);
+        assert_eq!(
+            &codec::decode_event(event.revision, &earlier, &mut interner).unwrap(),
+            event
+        );
         // The record's key is its revision; a binary body does not repeat it.
         let elsewhere = codec::decode_event(9, &binary, &mut interner).unwrap();
         assert_eq!(elsewhere.revision, 9);
@@ -412,8 +419,19 @@ fn a_damaged_record_is_refused_and_records_without_checksums_still_load() {
     bad[last] ^= 0x01;
     let error = codec::decode_event(7, &bad, &mut interner).unwrap_err();
     assert!(error.to_string().contains("checksum"), "{error}");
+    // Every single flipped bit of an event record is caught.
+    for at in 0..good.len() * 8 {
+        let mut bad = good.clone();
+        bad[at / 8] ^= 1 << (at % 8);
+        assert!(
+            codec::decode_event(7, &bad, &mut interner).is_err(),
+            "bit {at} of {}",
+            good.len() * 8
+        );
+    }
+    let earlier = codec::encode_event_v5(&event);
     let mut unchecked = vec![codec::EVENT_FORMAT];
-    unchecked.extend_from_slice(&good[5..]);
+    unchecked.extend_from_slice(&earlier[5..]);
     assert_eq!(
         codec::decode_event(7, &unchecked, &mut interner).unwrap(),
         event
@@ -584,4 +602,300 @@ fn a_load_over_several_chunks_rebuilds_every_instance_and_shares_strings() {
         first.fields.environment.as_ref().unwrap(),
         last.fields.environment.as_ref().unwrap()
     ));
+}
+
+#[test]
+fn a_checkpoint_stores_every_kind_of_event_as_it_was_described() {
+    let dir = temp_dir("checkpoint-events");
+    let mut state = std::collections::HashMap::new();
+    let mut events = Vec::new();
+    let a1 = instance("a", 1);
+    let b2 = instance("b", 2);
+    let a3 = revised(&a1, 3, |i| i.fields.port = 9090);
+    let b4 = revised(&b2, 4, |i| i.health = Health::Critical);
+    let c5 = instance("c", 5);
+    {
+        let store = Store::open_embedded(&dir).unwrap();
+        events.extend(commit_changes(
+            &store,
+            &mut state,
+            vec![Change::Put(Arc::clone(&a1)), Change::Put(Arc::clone(&b2))],
+            vec![],
+        ));
+        // An update and a health change (events with a previous state), a removal (an event
+        // whose instance is no change's), and a put and removal of one id in one batch.
+        events.extend(commit_changes(
+            &store,
+            &mut state,
+            vec![
+                Change::Put(Arc::clone(&a3)),
+                Change::Put(Arc::clone(&b4)),
+                Change::Remove {
+                    id: "a".to_string(),
+                    revision: 5,
+                    service: "web".to_string(),
+                },
+            ],
+            vec![],
+        ));
+        events.extend(commit_changes(
+            &store,
+            &mut state,
+            vec![
+                Change::Put(Arc::clone(&revised(&c5, 6, |_| {}))),
+                Change::Remove {
+                    id: "c".to_string(),
+                    revision: 7,
+                    service: "web".to_string(),
+                },
+            ],
+            vec![],
+        ));
+    }
+    let kinds: Vec<_> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "register",
+            "register",
+            "update",
+            "health",
+            "deregister",
+            "register",
+            "deregister"
+        ]
+    );
+    let snapshot = Store::open_embedded(&dir).unwrap().load().unwrap();
+    assert_eq!(snapshot.events, events);
+    assert_eq!(snapshot.instances, vec![Instance::clone(&b4)]);
+    assert_eq!(snapshot.revision, 7);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A batch of `changes` as a format-2 build logged it.
+fn logged_v1(changes: &[Change], leases: &[(String, Option<u64>)], revision: u64) -> Vec<u8> {
+    codec::encode_logged_batch_v1(&Batch {
+        changes,
+        events: &[],
+        leases,
+        revision,
+        event_retention: 1000,
+    })
+}
+
+#[test]
+fn a_data_directory_of_the_previous_format_opens_with_its_log_and_events() {
+    use redb::{ReadableDatabase as _, ReadableTable as _, TableDefinition};
+    const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+    const INSTANCES: TableDefinition<&str, &[u8]> = TableDefinition::new("instances");
+    const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+    let dir = temp_dir("format-2");
+    let a1 = instance("a", 1);
+    let b2 = instance("b", 2);
+    let a3 = revised(&a1, 3, |i| i.fields.port = 9090);
+    let register = |instance: &Arc<Instance>| {
+        Event::describe(None, &Change::Put(Arc::clone(instance))).unwrap()
+    };
+    // What a format-2 build left after a crash: a redb file that was not closed cleanly, its
+    // events in format 5, and two frames in the log (format 1) that never reached the file.
+    drop(Store::open_embedded(&dir).unwrap());
+    {
+        let database = redb::Database::open(dir.join(DATABASE_FILE)).unwrap();
+        let txn = database.begin_write().unwrap();
+        {
+            let mut meta = txn.open_table(META).unwrap();
+            meta.insert("format", 2).unwrap();
+            meta.insert("clean_close", 0).unwrap();
+            meta.insert("revision", 2).unwrap();
+            meta.insert("log_applied", 0).unwrap();
+            let mut instances = txn.open_table(INSTANCES).unwrap();
+            instances
+                .insert("a", codec::encode(&a1).as_slice())
+                .unwrap();
+            instances
+                .insert("b", codec::encode(&b2).as_slice())
+                .unwrap();
+            let mut events = txn.open_table(EVENTS).unwrap();
+            for event in [register(&a1), register(&b2)] {
+                let record = codec::encode_event_v5(&event);
+                assert_eq!(record[0], codec::CHECKED_EVENT_FORMAT);
+                events.insert(event.revision, record.as_slice()).unwrap();
+            }
+        }
+        txn.commit().unwrap();
+    }
+    {
+        let (log, frames) = crate::wal::WriteAheadLog::open(&dir, 0, false).unwrap();
+        assert!(frames.is_empty());
+        let put = [Change::Put(Arc::clone(&a3))];
+        let lease = [("b".to_string(), Some(5_000))];
+        let first = logged_v1(&put, &lease, 3);
+        assert_eq!(first[0], codec::LOG_FORMAT);
+        log.append(&first).unwrap();
+        let remove = [Change::Remove {
+            id: "a".to_string(),
+            revision: 4,
+            service: "web".to_string(),
+        }];
+        log.append(&logged_v1(&remove, &[], 4)).unwrap();
+    }
+    let expected_events = vec![
+        register(&a1),
+        register(&b2),
+        Event::describe(Some(&a1), &Change::Put(Arc::clone(&a3))).unwrap(),
+        Event::describe(
+            Some(&a3),
+            &Change::Remove {
+                id: "a".to_string(),
+                revision: 4,
+                service: "web".to_string(),
+            },
+        )
+        .unwrap(),
+    ];
+    let expect = |snapshot: &Snapshot| {
+        assert_eq!(snapshot.instances, vec![Instance::clone(&b2)]);
+        assert_eq!(snapshot.revision, 4);
+        assert_eq!(snapshot.events, expected_events);
+        assert_eq!(snapshot.leases, vec![("b".to_string(), 5_000)]);
+    };
+    {
+        let store = Store::open_embedded(&dir).unwrap();
+        expect(&store.load().unwrap());
+        // New writes go on in this build's formats next to the old records.
+        let mut state = std::collections::HashMap::from([("b".to_string(), Arc::clone(&b2))]);
+        let c5 = instance("c", 5);
+        commit_changes(
+            &store,
+            &mut state,
+            vec![Change::Put(Arc::clone(&c5))],
+            vec![],
+        );
+    }
+    let snapshot = Store::open_embedded(&dir).unwrap().load().unwrap();
+    assert_eq!(snapshot.revision, 5);
+    assert_eq!(snapshot.events.len(), 5);
+    assert_eq!(&snapshot.events[..4], &expected_events[..]);
+    assert_eq!(snapshot.instances.len(), 2);
+    let database = redb::Database::open(dir.join(DATABASE_FILE)).unwrap();
+    let txn = database.begin_read().unwrap();
+    let meta = txn.open_table(META).unwrap();
+    assert_eq!(meta.get("format").unwrap().unwrap().value(), 3);
+    drop(meta);
+    let events = txn.open_table(EVENTS).unwrap();
+    let formats: Vec<u8> = events
+        .iter()
+        .unwrap()
+        .map(|entry| entry.unwrap().1.value()[0])
+        .collect();
+    assert_eq!(
+        formats,
+        [
+            codec::CHECKED_EVENT_FORMAT,
+            codec::CHECKED_EVENT_FORMAT,
+            codec::RECORD_EVENT_FORMAT,
+            codec::RECORD_EVENT_FORMAT,
+            codec::RECORD_EVENT_FORMAT
+        ]
+    );
+    drop(events);
+    drop(txn);
+    drop(database);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn log_frames_round_trip_and_damaged_frames_are_refused() {
+    let a1 = instance("a", 1);
+    let changes = [
+        Change::Put(Arc::clone(&a1)),
+        Change::Remove {
+            id: "b".to_string(),
+            revision: 2,
+            service: "web".to_string(),
+        },
+    ];
+    let leases = [("a".to_string(), Some(7)), ("b".to_string(), None)];
+    let batch = Batch {
+        changes: &changes,
+        events: &[],
+        leases: &leases,
+        revision: 2,
+        event_retention: 10,
+    };
+    let encoded = codec::encode_logged_batch(&batch);
+    assert_eq!(encoded.body[0], codec::RECORD_LOG_FORMAT);
+    // The put's stored record lies in the frame exactly as the instances table keeps it.
+    assert_eq!(
+        encoded.body[encoded.records[0].clone()],
+        codec::encode(&a1)[..]
+    );
+    assert!(encoded.records[1].is_empty());
+    let mut interner = codec::Interner::default();
+    let decoded = codec::decode_logged_batch(&encoded.body, &mut interner).unwrap();
+    assert_eq!(decoded.changes, changes);
+    assert_eq!(decoded.leases, leases);
+    assert_eq!((decoded.revision, decoded.event_retention), (2, 10));
+    let earlier = codec::decode_logged_batch(&logged_v1(&changes, &leases, 2), &mut interner);
+    assert_eq!(earlier.unwrap().changes, changes);
+    // A frame cut anywhere is refused, never read as a shorter batch.
+    for end in 1..encoded.body.len() {
+        assert!(
+            codec::decode_logged_batch(&encoded.body[..end], &mut interner).is_err(),
+            "cut at {end}"
+        );
+    }
+}
+
+#[test]
+fn a_hand_encoded_record_is_exactly_postcards() {
+    let mut checked = 0;
+    for n in 0..400u64 {
+        let tags: Vec<String> = (0..n % 7)
+            .map(|t| format!("t{t}-{}", "x".repeat((n * t) as usize % 150)))
+            .collect();
+        let meta: BTreeMap<String, String> = (0..n % 5)
+            .map(|m| {
+                (
+                    format!("k{m}"),
+                    "v".repeat((n as usize * 37 + m as usize) % 300),
+                )
+            })
+            .collect();
+        let draft = InstanceDraft {
+            id: format!("svc-{n}-{}", "i".repeat(n as usize % 140)),
+            service: format!("service-{}", n % 9),
+            address: format!("10.0.{}.{}", n / 256, n % 256),
+            port: (n * 163 % 65_535) as i64 + 1,
+            tags,
+            meta,
+            version: (n % 3 != 0).then(|| format!("{}.{}.0", n % 4, n % 11)),
+            environment: (n % 4 != 0).then(|| "prod".to_string()),
+            region: (n % 5 != 0).then(|| "eu-west-1".to_string()),
+            ttl: (n % 2 == 0).then(|| format!("{}s", n + 1)),
+        };
+        let Ok(registration) = validate(draft, &Limits::standard()) else {
+            continue;
+        };
+        let shift = |k: u64| if k == 0 { 0 } else { 1u64 << (k * 7 % 64) };
+        let instance = Instance {
+            fields: registration.fields().clone(),
+            health: [Health::Passing, Health::Warning, Health::Critical][n as usize % 3],
+            create_revision: n + shift(n % 10),
+            modify_revision: u64::MAX - n,
+            registered_at: shift(n % 9) + n,
+            updated_at: 1_700_000_000_000 + n,
+        };
+        assert_eq!(
+            codec::hand_record_body(&instance),
+            codec::serde_record_body(&instance),
+            "instance {n}"
+        );
+        assert_eq!(
+            codec::decode(instance.id(), &codec::encode(&instance)).unwrap(),
+            instance
+        );
+        checked += 1;
+    }
+    assert!(checked > 250, "only {checked} drafts were valid");
 }
