@@ -90,20 +90,27 @@ fn interned(postings: &Postings, value: &Text) -> Option<Text> {
 /// Replaces `value` by the index's copy, else by the copy in `fresh` (strings first seen in
 /// the same batch of writes), else records it in `fresh`.
 fn share(known: Option<Text>, value: &mut Text, fresh: &mut FreshStrings) {
-    if let Some(known) = known {
-        *value = known;
-    } else if let Some(seen) = fresh.strings.get(value.as_str()) {
-        *value = Text::clone(seen);
-    } else {
-        fresh.strings.insert(Text::clone(value));
-    }
+    let replacement = match known {
+        Some(known) => known,
+        None => match fresh.strings.get(value.as_str()) {
+            Some(seen) => Text::clone(seen),
+            None => {
+                fresh.strings.insert(Text::clone(value));
+                return;
+            }
+        },
+    };
+    fresh.replaced.push(std::mem::replace(value, replacement));
 }
 
 /// Strings that writes of one batch share before they reach the index, so a value new to the
-/// index is held once however many of the batch's instances carry it.
+/// index is held once however many of the batch's instances carry it; and the strings that
+/// interning replaced, freed when this is dropped (a writer can drop it once its request is
+/// handed over, so freeing them is not on the write's path).
 #[derive(Debug, Default)]
 pub struct FreshStrings {
     strings: hashbrown::HashSet<Text>,
+    replaced: Vec<Text>,
 }
 
 /// The label strings of a record's fields (service, tags, version, environment, region),

@@ -538,8 +538,11 @@ impl Catalog {
         // The writer's thread interns the request's strings (under the read lock, as queries
         // read), which takes that work off the one committer thread.
         let registers = |m: &Mutation| matches!(m, Mutation::Register(_));
+        // The strings interning replaced are freed after the request is handed over, while
+        // the committer works on it.
+        let mut replaced = Vec::new();
         if request.mutations.iter().any(registers) {
-            intern_all(
+            replaced = intern_all(
                 &read_lock(&self.shared.registry),
                 std::slice::from_mut(&mut request),
             );
@@ -556,6 +559,8 @@ impl Catalog {
                 let _ = request.reply.send(Err(WriteError::ShuttingDown));
             }
         }
+        drop(writer);
+        drop(replaced);
         receiver
     }
 
@@ -1274,7 +1279,8 @@ const PARALLEL_BATCH_FROM: usize = 4_096;
 /// writer's thread when a request is submitted; a large batch (a bulk write) is split over
 /// two threads: one takes the labels (service, tags, version, environment, region) and the
 /// other the meta pairs, so no shared string's reference count is bumped from both cores.
-fn intern_all(registry: &Registry, batch: &mut [WriteRequest]) {
+/// Returns what holds the strings interning replaced: dropping it frees them.
+fn intern_all(registry: &Registry, batch: &mut [WriteRequest]) -> Vec<FreshStrings> {
     let registrations: Vec<&mut Registration> = batch
         .iter_mut()
         .filter(|request| !request.interned)
@@ -1293,17 +1299,17 @@ fn intern_all(registry: &Registry, batch: &mut [WriteRequest]) {
         for part in labels {
             registry.intern_labels(part, &mut fresh);
         }
+        fresh
     };
     let intern_meta = |metas: &mut [MetaMut<'_>]| {
         let mut fresh = FreshStrings::default();
         for part in metas {
             registry.intern_meta(part, &mut fresh);
         }
+        fresh
     };
     if labels.len() < PARALLEL_BATCH_FROM {
-        intern_labels(&mut labels);
-        intern_meta(&mut metas);
-        return;
+        return vec![intern_labels(&mut labels), intern_meta(&mut metas)];
     }
     std::thread::scope(|scope| {
         // A part left as it is (no thread could be started, or it failed) is still right:
@@ -1311,11 +1317,12 @@ fn intern_all(registry: &Registry, batch: &mut [WriteRequest]) {
         let helper = std::thread::Builder::new()
             .name("svcmeta-intern".to_string())
             .spawn_scoped(scope, || intern_meta(&mut metas));
-        intern_labels(&mut labels);
-        if let Ok(helper) = helper {
-            let _ = helper.join();
+        let mut replaced = vec![intern_labels(&mut labels)];
+        if let Ok(Ok(meta)) = helper.map(|helper| helper.join()) {
+            replaced.push(meta);
         }
-    });
+        replaced
+    })
 }
 
 /// Loads a local store on one thread while indexing what it has read on this one (a restart
