@@ -295,6 +295,28 @@ fn append_sorted(bitmap: &mut RoaringBitmap, slots: &[u32]) {
     }
 }
 
+/// Runs `insert` (one part's postings of one instance, collected in a buffer) over a run of
+/// new instances; returns what each call returned and the buffer to take.
+fn collect_run(
+    new: &[(u32, &InstanceFields, Health)],
+    mut insert: impl FnMut(u32, &InstanceFields, Health, &mut PartBuffer) -> bool,
+) -> (Vec<bool>, PartBuffer) {
+    let mut buffer = PartBuffer::default();
+    let shared = new
+        .iter()
+        .map(|&(slot, fields, health)| insert(slot, fields, health, &mut buffer))
+        .collect();
+    (shared, buffer)
+}
+
+/// Appends a buffered list's slots to its bitmap (which its first posting made).
+fn append_pending(bitmap: Option<&mut RoaringBitmap>, pending: &Pending) {
+    match bitmap {
+        Some(bitmap) => append_sorted(bitmap, &pending.slots),
+        None => debug_assert!(false, "a buffered posting list has no bitmap"),
+    }
+}
+
 impl LabelLists<'_> {
     /// Adds the label postings of an instance at `slot` (see [`Index::insert_buffered`]).
     fn insert(
@@ -370,11 +392,9 @@ impl LabelLists<'_> {
     /// collected in bulk as a restart does; returns, for each, whether its label strings are
     /// the index's own (see [`Index::insert`]).
     pub(crate) fn insert_run(&mut self, new: &[(u32, &InstanceFields, Health)]) -> Vec<bool> {
-        let mut buffer = PartBuffer::default();
-        let shared = new
-            .iter()
-            .map(|&(slot, fields, health)| self.insert(slot, fields, health, Some(&mut buffer)))
-            .collect();
+        let (shared, mut buffer) = collect_run(new, |slot, fields, health, buffer| {
+            self.insert(slot, fields, health, Some(buffer))
+        });
         self.take(&mut buffer);
         shared
     }
@@ -391,10 +411,7 @@ impl LabelLists<'_> {
                 List::Region => self.regions.get_mut(value),
                 List::MetaKey | List::MetaValue => None,
             };
-            match bitmap {
-                Some(bitmap) => append_sorted(bitmap, &pending.slots),
-                None => debug_assert!(false, "a buffered posting list has no bitmap"),
-            }
+            append_pending(bitmap, &pending);
         }
         append_sorted(self.all, &buffer.all);
         buffer.all.clear();
@@ -430,11 +447,9 @@ impl MetaLists<'_> {
 
     /// [`LabelLists::insert_run`] for the meta postings.
     pub(crate) fn insert_run(&mut self, new: &[(u32, &InstanceFields, Health)]) -> Vec<bool> {
-        let mut buffer = PartBuffer::default();
-        let shared = new
-            .iter()
-            .map(|&(slot, fields, _)| self.insert(slot, &fields.meta, Some(&mut buffer)))
-            .collect();
+        let (shared, mut buffer) = collect_run(new, |slot, fields, _, buffer| {
+            self.insert(slot, &fields.meta, Some(buffer))
+        });
         self.take(&mut buffer);
         shared
     }
@@ -451,10 +466,7 @@ impl MetaLists<'_> {
                     .and_then(|values| values.get_mut(value)),
                 _ => None,
             };
-            match bitmap {
-                Some(bitmap) => append_sorted(bitmap, &pending.slots),
-                None => debug_assert!(false, "a buffered posting list has no bitmap"),
-            }
+            append_pending(bitmap, &pending);
         }
     }
 }

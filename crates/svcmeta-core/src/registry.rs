@@ -426,16 +426,9 @@ impl Registry {
                     continue;
                 }
             };
-            let free_slot = self.free.last().copied().unwrap_or(self.slots.len() as u32);
-            match self
-                .by_id
-                .get_or_insert(instance.id(), &self.slots, free_slot)
-            {
+            match self.claim_slot(instance.id()) {
                 Err(slot) => {
                     // New: readable in its slot at once (the id map's next growth reads it).
-                    if self.free.pop().is_none() {
-                        self.slots.push(None);
-                    }
                     if let Some(entry) = self.slots.get_mut(slot as usize) {
                         *entry = Some(instance);
                     }
@@ -484,11 +477,12 @@ impl Registry {
         let mut label_side = || {
             let shared = labels.insert_run(&fields);
             for &(_, instance, revision) in &new {
-                let service = &instance.fields.service;
-                if !sorted_services.contains(&*service_key(service)) {
-                    sorted_services.insert(service_key_text(service));
-                }
-                touch(service_revisions, service, revision);
+                note_service(
+                    sorted_services,
+                    service_revisions,
+                    &instance.fields.service,
+                    revision,
+                );
             }
             shared
         };
@@ -540,17 +534,13 @@ impl Registry {
         drop(new);
         drop(fields);
         // Records with strings of their own (not prepared by the caller): every value has a
-        // key now, so a copy with the keys is stored instead.
+        // key now, so they take the keys.
         for slot in copies {
-            let Some(entry) = self.slots.get_mut(slot as usize) else {
-                continue;
-            };
-            if let Some(instance) = entry.as_ref() {
-                let mut owned = Instance::clone(instance);
-                self.index
-                    .intern(&mut owned.fields, &mut FreshStrings::default());
-                *entry = Some(Arc::new(owned));
-                self.copies += 1;
+            if let Some(instance) = self.slots.get_mut(slot as usize).and_then(Option::take) {
+                let instance = self.with_keys(instance);
+                if let Some(entry) = self.slots.get_mut(slot as usize) {
+                    *entry = Some(instance);
+                }
             }
         }
         run.clear();
@@ -635,12 +625,7 @@ impl Registry {
     /// strings are held once and the caller's copy is untouched.
     fn put(&mut self, mut instance: Arc<Instance>, revision: u64) {
         let mut shared = true;
-        // The slot a new id takes: the last freed one, else a new one at the end.
-        let free_slot = self.free.last().copied().unwrap_or(self.slots.len() as u32);
-        let slot = match self
-            .by_id
-            .get_or_insert(instance.id(), &self.slots, free_slot)
-        {
+        let slot = match self.claim_slot(instance.id()) {
             Ok(slot) => {
                 // A load that meets an id twice: the index must be whole before a removal.
                 self.take_buffered();
@@ -679,9 +664,6 @@ impl Registry {
                 slot
             }
             Err(slot) => {
-                if self.free.pop().is_none() {
-                    self.slots.push(None);
-                }
                 let buffer = self.loading.as_deref_mut();
                 shared =
                     self.index
@@ -691,32 +673,47 @@ impl Registry {
             }
         };
         if !shared {
-            // Every value has a key now; take the keys (in place when nobody else holds it).
-            let mut fresh = FreshStrings::default();
-            match Arc::get_mut(&mut instance) {
-                Some(owned) => self.index.intern(&mut owned.fields, &mut fresh),
-                None => {
-                    let mut owned = Instance::clone(&instance);
-                    self.index.intern(&mut owned.fields, &mut fresh);
-                    instance = Arc::new(owned);
-                    self.copies += 1;
-                }
-            }
+            instance = self.with_keys(instance);
         }
         self.finish_put(slot, instance, revision);
+    }
+
+    /// `id`'s slot (`Ok`), or a slot taken for a new id and recorded in the id map (`Err`):
+    /// the last freed one, else a new one at the end, empty until the caller fills it.
+    fn claim_slot(&mut self, id: &str) -> Result<u32, u32> {
+        let free_slot = self.free.last().copied().unwrap_or(self.slots.len() as u32);
+        let claimed = self.by_id.get_or_insert(id, &self.slots, free_slot);
+        if claimed.is_err() && self.free.pop().is_none() {
+            self.slots.push(None);
+        }
+        claimed
+    }
+
+    /// `instance` with the index's strings, once every value has a key: changed in place when
+    /// nobody else holds it, else a copy (counted in [`Registry::stored_copies`]).
+    fn with_keys(&mut self, mut instance: Arc<Instance>) -> Arc<Instance> {
+        let mut fresh = FreshStrings::default();
+        match Arc::get_mut(&mut instance) {
+            Some(owned) => self.index.intern(&mut owned.fields, &mut fresh),
+            None => {
+                let mut owned = Instance::clone(&instance);
+                self.index.intern(&mut owned.fields, &mut fresh);
+                instance = Arc::new(owned);
+                self.copies += 1;
+            }
+        }
+        instance
     }
 
     /// The end of [`Registry::put`]: the service is known, touched at `revision`, and the
     /// record takes its slot.
     fn finish_put(&mut self, slot: u32, instance: Arc<Instance>, revision: u64) {
-        if !self
-            .sorted_services
-            .contains(&*service_key(&instance.fields.service))
-        {
-            self.sorted_services
-                .insert(service_key_text(&instance.fields.service));
-        }
-        self.touch_service(&instance.fields.service, revision);
+        note_service(
+            &mut self.sorted_services,
+            &mut self.service_revisions,
+            &instance.fields.service,
+            revision,
+        );
         if let Some(entry) = self.slots.get_mut(slot as usize) {
             *entry = Some(instance);
         }
@@ -1376,6 +1373,19 @@ fn order_insert_into(
         let position = list.partition_point(before);
         list.insert(position, slot);
     }
+}
+
+/// Records that `service` has an instance (in `sorted`) changed at `revision`.
+fn note_service(
+    sorted: &mut BTreeSet<Text>,
+    revisions: &mut HashMap<Text, u64>,
+    service: &Text,
+    revision: u64,
+) {
+    if !sorted.contains(&*service_key(service)) {
+        sorted.insert(service_key_text(service));
+    }
+    touch(revisions, service, revision);
 }
 
 /// Raises the revision of `service` in `revisions` to `revision`.

@@ -536,10 +536,9 @@ impl Catalog {
         let (reply, receiver) = oneshot::channel();
         let mut request = WriteRequest::new(mutations, expect, reply);
         // The writer's thread interns the request's strings (under the read lock, as queries
-        // read), which takes that work off the one committer thread.
+        // read), which takes that work off the one committer thread; the strings interning
+        // replaced are freed after the request is handed over, while the committer works.
         let registers = |m: &Mutation| matches!(m, Mutation::Register(_));
-        // The strings interning replaced are freed after the request is handed over, while
-        // the committer works on it.
         let mut replaced = Vec::new();
         if request.mutations.iter().any(registers) {
             replaced = intern_all(

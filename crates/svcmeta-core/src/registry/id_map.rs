@@ -67,19 +67,14 @@ impl IdMap {
         new_slot: u32,
     ) -> Result<u32, u32> {
         let hash = self.hasher.hash_one(id);
-        let hasher = &self.hasher;
         if self.table.len() == self.table.capacity() {
             // `entry` would grow a full table even for an id it then finds; grow only to add.
             if let Some(&slot) = self.table.find(hash, |&slot| id_at(slots, slot) == id) {
                 return Ok(slot);
             }
             self.grow(slots);
-            let hasher = &self.hasher;
-            self.table.insert_unique(hash, new_slot, |&other| {
-                hasher.hash_one(id_at(slots, other))
-            });
-            return Err(new_slot);
         }
+        let hasher = &self.hasher;
         match self.table.entry(
             hash,
             |&slot| id_at(slots, slot) == id,
